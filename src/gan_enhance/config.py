@@ -1,0 +1,275 @@
+"""params.yaml -> typed, validated parameters.
+
+Every way of setting a parameter (params.yaml, `dvc exp run -S`, the CLI's `--set`) ends in
+`load_params`, so a bad value fails the same way everywhere: before any work, with the key path,
+the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """Parameters that cannot be used; the message names each bad key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class SplitParams(_Section):
+    """Fractions of images that go to validation and test; the rest trains."""
+
+    val: Fraction = 0.1
+    test: Fraction = 0.2
+    salt: str = Field("", description="Changes which images land in which split, keeping it stable.")
+
+    @model_validator(mode="after")
+    def _leave_some_for_training(self) -> SplitParams:
+        if self.val + self.test >= 0.9:
+            raise ValueError(
+                f"val + test = {self.val + self.test:.2f} leaves almost nothing to train on; keep it < 0.9"
+            )
+        return self
+
+
+class DataParams(_Section):
+    source: str = Field("embedded", description="'embedded' or a folder of images (searched recursively).")
+    prepared_dir: Path = Path("data/prepared")
+    split: SplitParams = SplitParams()
+    min_side: int = Field(64, ge=8, description="Images whose shorter side is smaller are rejected.")
+    max_pixels: int = Field(50_000_000, ge=1, description="Images with more pixels are rejected (bombs).")
+
+    @field_validator("source")
+    def _source_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("source is empty; use 'embedded' or the path of a folder of images")
+        return value
+
+
+class SRParams(_Section):
+    scale: Literal[2, 3, 4] = 4
+
+
+class DenoiseParams(_Section):
+    sigma: float | tuple[float, float] = Field(
+        (5.0, 50.0),
+        description="Gaussian noise std on the 0-255 scale, fixed or a [low, high] range for training.",
+    )
+    eval_sigma: float = Field(25.0, gt=0, le=100, description="Noise std used by evaluation.")
+
+    @field_validator("sigma")
+    def _sigma_range(cls, value: float | tuple[float, float]) -> float | tuple[float, float]:
+        low, high = (value, value) if isinstance(value, int | float) else value
+        if not 0 < low <= high <= 100:
+            raise ValueError(
+                f"sigma must lie in (0, 100] and a range must be [low, high] with low <= high; got {value}"
+            )
+        return value
+
+
+TaskName = Literal["sr", "denoise"]
+
+
+class TaskParams(_Section):
+    """The task and each task's own settings; switch with `-S task.name=denoise`."""
+
+    name: TaskName = "sr"
+    sr: SRParams = SRParams()
+    denoise: DenoiseParams = DenoiseParams()
+
+
+class ArchParams(BaseModel):
+    """A network by registry name plus its keyword arguments (checked against the network's signature)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelParams(_Section):
+    generator: ArchParams = ArchParams(name="srvgg", num_feat=48, num_conv=10)
+    discriminator: ArchParams = ArchParams(name="patchgan", num_feat=32, num_layers=3)
+
+
+class LossWeights(_Section):
+    pixel: float = Field(1.0, ge=0)
+    adversarial: float = Field(0.005, ge=0)
+    feature_matching: float = Field(0.05, ge=0)
+
+
+class TrainParams(_Section):
+    out_dir: Path = Path("models/generator")
+    checkpoint_dir: Path = Path("models/checkpoints")
+    report_dir: Path = Path("reports/train")
+    steps: int = Field(3000, ge=1)
+    warmup_steps: int = Field(2000, ge=0, description="Steps of pixel loss only before the adversarial phase.")
+    batch_size: int = Field(16, ge=1, le=4096)
+    patch_size: int = Field(96, ge=16, le=1024, description="Side of the target (high-resolution) patches.")
+    lr_g: float = Field(5e-4, gt=0, le=1)
+    lr_d: float = Field(1e-4, gt=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.99)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    pixel_loss: Literal["l1", "charbonnier"] = "l1"
+    gan_loss: Literal["vanilla", "lsgan", "hinge", "ragan"] = "ragan"
+    weights: LossWeights = LossWeights()
+    r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images; 0 turns it off.")
+    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm; 0 turns clipping off.")
+    ema_halflife_images: int = Field(5000, ge=1, description="EMA half-life counted in training images.")
+    ema_rampup: float | None = Field(0.05, ge=0, description="Half-life <= images seen x rampup (short runs).")
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(500, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU).")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's default.")
+
+    @field_validator("betas")
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"betas must each lie in [0, 1); got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainParams:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
+        return self
+
+
+class EvaluateParams(_Section):
+    out_dir: Path = Path("reports/eval")
+    tile: int = Field(256, ge=0, description="Tile side for large inputs (input pixels); 0 disables tiling.")
+    tile_overlap: int = Field(16, ge=0)
+    fid_crops: int = Field(64, ge=2, description="Number of seeded crops used for FID/KID.")
+    fid_crop_size: int = Field(96, ge=16, description="Side of those crops in target pixels.")
+    kid_subset_size: int = Field(32, ge=2)
+    seed: int = 1234
+    grid_images: int = Field(4, ge=1, description="Test images shown in the comparison grid.")
+
+    @model_validator(mode="after")
+    def _kid_subset_fits(self) -> EvaluateParams:
+        if self.kid_subset_size > self.fid_crops:
+            raise ValueError(f"kid_subset_size ({self.kid_subset_size}) exceeds fid_crops ({self.fid_crops})")
+        if self.tile and self.tile_overlap * 2 >= self.tile:
+            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be < tile / 2 ({self.tile})")
+        return self
+
+
+class TrackingParams(_Section):
+    enabled: bool = True
+    uri: str | None = Field(None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or ./mlflow.db.")
+    experiment: str | None = Field(None, description="Default: gan-enhance-<task>.")
+
+
+class Params(_Section):
+    seed: int = 0
+    data: DataParams = DataParams()
+    task: TaskParams = TaskParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+
+    @model_validator(mode="after")
+    def _networks_exist_and_fit(self) -> Params:
+        from gan_enhance.models.registry import check_arch
+
+        try:
+            check_arch("generator", self.model.generator.name, self.model.generator.kwargs, task=self.task.name)
+        except ValueError as exc:
+            raise ValueError(f"model.generator: {exc}") from None
+        try:
+            check_arch("discriminator", self.model.discriminator.name, self.model.discriminator.kwargs)
+        except ValueError as exc:
+            raise ValueError(f"model.discriminator: {exc}") from None
+        scale = self.task.sr.scale if self.task.name == "sr" else 1
+        if self.train.patch_size % scale:
+            raise ValueError(f"train.patch_size ({self.train.patch_size}) must be a multiple of the scale ({scale})")
+        if self.evaluate.fid_crop_size % scale:
+            raise ValueError(
+                f"evaluate.fid_crop_size ({self.evaluate.fid_crop_size}) must be a multiple of the scale ({scale})"
+            )
+        return self
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the named sections (all when none are named)."""
+        dumped = self.model_dump(mode="json")
+        chosen = {key: dumped[key] for key in (sections or dumped.keys())}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"cannot set '{dotted}': '{key}' holds a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn `["train.steps=10", "task.name=denoise"]` into a dotted-key dict with YAML-typed values."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"override '{item}' is not KEY=VALUE (example: train.steps=100)")
+        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return parsed
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; `gan-enhance params` lists every key and default)"
+        given = item.get("input")
+        shown = "" if item["type"] in ("extra_forbidden", "missing") or isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  {path}: {message}{shown}" if path else f"  {message}")
+    return "\n".join(lines)
+
+
+def load_params(path: Path | str | None = DEFAULT_PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Read params (a YAML file, missing file = all defaults only when path is None) and validate them."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ParamsError(f"params file '{path}' not found; run from the project root or pass --params PATH")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"params file '{path}' is not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ParamsError(f"params file '{path}' must hold a mapping of sections, not {type(tree).__name__}")
+        source = str(path)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    if overrides:
+        source += " with overrides " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ParamsError(_format_validation_error(exc, source)) from None

@@ -1,0 +1,1 @@
+"""Image sources, safe image I/O, degradations, training batches and the prepare stage."""

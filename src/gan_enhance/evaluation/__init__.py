@@ -1,0 +1,1 @@
+"""Metrics (PSNR/SSIM as papers report them, FID/KID with the standard Inception), baselines, the stage."""

@@ -1,0 +1,1 @@
+"""Networks built by name, and model artifacts (safetensors weights + JSON card)."""

@@ -1,0 +1,59 @@
+"""MLflow tracking set-up shared by every stage: absolute URI, experiment, lineage tags."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from gan_enhance.config import TrackingParams
+
+DVC_TAGS = ("DVC_EXP_NAME", "DVC_STAGE", "DVC_ROOT")
+
+
+def tracking_uri(tracking: TrackingParams, base: Path = Path(".")) -> str:
+    """params > $MLFLOW_TRACKING_URI > sqlite at <base>/mlflow.db, always absolute (DVC experiments run
+    in temporary copies, where a relative URI would silently lose their runs)."""
+    uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{(base / 'mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def git_commit(base: Path = Path(".")) -> str | None:
+    """HEAD's commit, suffixed '-dirty' when tracked files differ; None outside a git repository."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=base, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=base, capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def lineage_tags(base: Path = Path(".")) -> dict[str, str]:
+    tags = {key.lower(): os.environ[key] for key in DVC_TAGS if os.environ.get(key)}
+    commit = git_commit(base)
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}, for log_params."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def experiment_name(tracking: TrackingParams, task: str) -> str:
+    return tracking.experiment or f"gan-enhance-{task}"

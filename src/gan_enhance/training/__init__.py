@@ -1,0 +1,1 @@
+"""Losses, EMA, checkpoints and the GAN trainer."""

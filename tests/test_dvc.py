@@ -1,0 +1,65 @@
+"""`dvc repro` end to end in a temporary git repository with tiny params."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO, tiny_params_tree
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path, tiny_source: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    tree = tiny_params_tree(tiny_source, repo)
+    tree["tracking"]["enabled"] = False
+    (repo / "params.yaml").write_text(yaml.safe_dump(tree))
+    _run(["git", "init", "-q"], repo)
+    _run([str(BIN / "dvc"), "init", "-q"], repo)
+    _run([str(BIN / "dvc"), "config", "core.analytics", "false"], repo)
+    return repo
+
+
+def test_dvc_repro_runs_caches_and_reruns_only_what_changed(dvc_repo: Path):
+    dvc = str(BIN / "dvc")
+    first = _run([dvc, "repro"], dvc_repo)
+    for stage in ("prepare", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in first
+    metrics = json.loads((dvc_repo / "reports/eval/metrics.json").read_text())
+    assert metrics["model"]["psnr"] > 0 and (dvc_repo / "dvc.lock").is_file()
+    assert (dvc_repo / "models/generator/card.json").is_file()
+
+    start = time.perf_counter()
+    again = _run([dvc, "repro"], dvc_repo)
+    assert "Running stage" not in again and time.perf_counter() - start < 60
+
+    tree = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    tree["evaluate"]["fid_crops"] = 8
+    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(tree))
+    changed = _run([dvc, "repro"], dvc_repo)
+    assert "Running stage 'evaluate'" in changed and "Running stage 'train'" not in changed
+    assert json.loads((dvc_repo / "reports/eval/metrics.json").read_text())["protocol"]["fid_crops"] == 8
+
+    shown = _run([dvc, "metrics", "show", "--json"], dvc_repo)
+    assert "psnr" in shown

@@ -1,0 +1,161 @@
+"""Integration: prepare -> train -> evaluate on tiny params, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from gan_enhance.config import load_params
+from gan_enhance.data.prepare import prepare
+from gan_enhance.evaluation.stage import evaluate
+from gan_enhance.inference import Enhancer
+from gan_enhance.training.checkpoint import list_checkpoints
+from gan_enhance.training.trainer import train
+
+CLI = [sys.executable, "-m", "gan_enhance.cli"]
+
+
+def test_tiny_pipeline_end_to_end(tiny_project: Path):
+    params = load_params("params.yaml")
+    prepare(params.data, min_side=params.train.patch_size)
+    result = train(params)
+    assert (result.model_dir / "generator.safetensors").is_file()
+    card = json.loads((result.model_dir / "card.json").read_text())
+    assert card["arch"] == "srvgg" and card["scale"] == 2 and card["data_hash"] and card["mlflow_run_id"]
+    curves = (tiny_project / "reports/train/curves.csv").read_text().splitlines()
+    assert curves[0].startswith("step,") and len(curves) == 1 + 12 // 2
+    assert (tiny_project / "reports/train/curves.png").is_file()
+
+    metrics = evaluate(params)
+    written = json.loads((tiny_project / "reports/eval/metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    for method in ("model", "bicubic"):
+        assert {"psnr", "ssim", "fid", "kid"} <= set(written[method])
+        assert 10 < written[method]["psnr"] < 60
+    assert written["protocol"]["fid_crops"] == 6 and written["protocol"]["metric_space"] == "y"
+    assert "psnr_vs_bicubic" in written["gain"]
+    per_image = (tiny_project / "reports/eval/per_image.csv").read_text().splitlines()
+    assert len(per_image) == 1 + 2 * written["protocol"]["test_images"]
+    assert (tiny_project / "reports/eval/comparison.png").is_file()
+
+    client = mlflow.MlflowClient(params.tracking.uri)
+    run = client.get_run(card["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert "loss_pixel" in run.data.metrics and "eval_model_psnr" in run.data.metrics
+    assert run.data.params["train.steps"] == "12"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"generator", "samples", "evaluation"} <= artifacts
+
+
+def test_evaluate_refuses_a_model_of_another_task(tiny_project: Path):
+    from gan_enhance.evaluation.stage import EvaluationError
+
+    params = load_params("params.yaml", {"tracking.enabled": False})
+    prepare(params.data, min_side=params.train.patch_size)
+    train(params)
+    other = load_params("params.yaml", {"tracking.enabled": False, "task.sr.scale": 4})
+    with pytest.raises(EvaluationError, match="trained for task 'sr' x2"):
+        evaluate(other)
+
+
+def _run_train(folder: Path, extra: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, "train", *extra],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, tiny_source: Path):
+    from .conftest import tiny_params_tree
+
+    overrides = [
+        "-S",
+        "train.steps=90",
+        "-S",
+        "train.warmup_steps=30",
+        "-S",
+        "train.checkpoint_every=10",
+        "-S",
+        "tracking.enabled=false",
+        "-S",
+        "train.threads=1",
+    ]
+    folders = []
+    for name in ("straight", "killed"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params_tree(tiny_source, folder)))
+        subprocess.run([*CLI, "prepare"], cwd=folder, check=True, capture_output=True)
+        folders.append(folder)
+    straight, killed = folders
+
+    assert _run_train(straight, overrides).wait(timeout=300) == 0
+
+    proc = _run_train(killed, overrides)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        done = list_checkpoints(killed / "models/checkpoints")
+        if done and int(done[-1].stem.split("-")[1]) >= 40:  # well into the adversarial phase
+            break
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = int(list_checkpoints(killed / "models/checkpoints")[-1].stem.split("-")[1])
+    assert stopped_at < 90, "the run finished before the kill; raise train.steps"
+    assert not (killed / "models/generator/generator.safetensors").exists()
+
+    resumed = _run_train(killed, overrides)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert f"Resuming from step {stopped_at}" in output
+
+    a = load_file(str(straight / "models/generator/generator.safetensors"))
+    b = load_file(str(killed / "models/generator/generator.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] == b[key]).all(), f"{key} differs after resume"
+
+
+def test_cli_reports_bad_params_in_one_line(tiny_project: Path):
+    result = subprocess.run([*CLI, "train", "-S", "train.gan_loss=wgan"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "train.gan_loss" in result.stderr and "'hinge'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_enhance_writes_outputs_and_skips_bad_files(tiny_project: Path, tiny_source: Path):
+    params = load_params("params.yaml", {"tracking.enabled": False})
+    prepare(params.data, min_side=params.train.patch_size)
+    train(params)
+    inputs = tiny_project / "inputs"
+    inputs.mkdir()
+    (inputs / "a.png").write_bytes((tiny_source / "photo_00.png").read_bytes())
+    (inputs / "broken.png").write_bytes(b"nope")
+    result = subprocess.run(
+        [*CLI, "enhance", str(inputs), "-o", "out", "--tile", "32", "--tile-pad", "4"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "broken.png" in result.stderr and "enhanced 1 of 2" in result.stdout
+    from PIL import Image
+
+    assert Image.open("out/a.png").size == (192, 192)
+    enhancer = Enhancer.from_dir("models/generator", device="cpu", tile=32, tile_pad=4)
+    assert enhancer.scale == 2
