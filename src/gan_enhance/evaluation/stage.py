@@ -16,7 +16,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from gan_enhance.config import Params
-from gan_enhance.data.prepare import read_manifest
+from gan_enhance.data.image_io import read_image, to_uint8
+from gan_enhance.data.prepare import content_hash, read_manifest
+from gan_enhance.data.sources import folder_images
 from gan_enhance.evaluation.metrics import fid_kid, inception_features, psnr_ssim
 from gan_enhance.inference import Enhancer
 from gan_enhance.tasks import Task, build_task
@@ -44,17 +46,34 @@ def _seed(base: int, sha256: str) -> int:
     return int(hashlib.sha256(f"{base}:{sha256}".encode()).hexdigest()[:8], 16)
 
 
-def load_test_set(params: Params, task: Task, base: Path = Path(".")) -> list[TestImage]:
+def _test_image(name: str, sha256: str, rgb: np.ndarray, task: Task, seed: int) -> TestImage:
+    target = task.prepare_target(rgb)
+    return TestImage(name, sha256, target, task.eval_input(target, _seed(seed, sha256)))
+
+
+def load_test_split(params: Params, task: Task, base: Path = Path(".")) -> list[TestImage]:
+    """The prepared data's test split."""
     prepared = base / params.data.prepared_dir
     rows = [r for r in read_manifest(prepared) if r.split == "test"]
     if not rows:
         raise EvaluationError(f"the test split in {prepared} is empty; re-run prepare with more images")
-    images = []
-    for row in rows:
-        target = task.prepare_target(np.asarray(Image.open(prepared / row.file).convert("RGB")))
-        images.append(
-            TestImage(row.file, row.sha256, target, task.eval_input(target, _seed(params.evaluate.seed, row.sha256)))
+    return [
+        _test_image(
+            r.file, r.sha256, np.asarray(Image.open(prepared / r.file).convert("RGB")), task, params.evaluate.seed
         )
+        for r in rows
+    ]
+
+
+def load_test_folder(folder: Path, task: Task, seed: int, max_pixels: int = 50_000_000) -> list[TestImage]:
+    """Every image of a folder (e.g. a benchmark set such as Set14), converted to RGB; unreadable files fail."""
+    images = []
+    for item in folder_images(Path(folder)):
+        rgb, _ = read_image(item.path, max_pixels=max_pixels)
+        rgb = to_uint8(rgb)
+        images.append(_test_image(item.name, content_hash(rgb), rgb, task, seed))
+    if not images:
+        raise EvaluationError(f"no images in '{folder}'; point at a folder of PNG/JPEG/WebP/TIFF/BMP images")
     return images
 
 
@@ -118,7 +137,7 @@ def evaluate_outputs(
     return summary, rows
 
 
-def _comparison_grid(
+def comparison_grid(
     test_set: list[TestImage], methods: dict[str, list[np.ndarray]], count: int, size: int = 128
 ) -> Image.Image:
     rows = []
@@ -137,20 +156,19 @@ def _comparison_grid(
     return image_grid(rows, labels=("input", *methods.keys(), "target"))
 
 
-def evaluate(params: Params, base: Path = Path(".")) -> dict[str, Any]:
-    """The evaluate stage; returns what it writes to metrics.json."""
-    task = build_task(params.task)
-    ev = params.evaluate
-    enhancer = Enhancer.from_dir(
-        base / params.train.out_dir, device=params.train.device, tile=ev.tile, tile_pad=ev.tile_overlap
-    )
+def check_fits(enhancer: Enhancer, task: Task, where: str) -> None:
     card = enhancer.card
     if (card.task, card.scale) != (task.name, task.scale):
         raise EvaluationError(
-            f"the model in {params.train.out_dir} was trained for task '{card.task}' x{card.scale}, but params ask "
+            f"the model in {where} was trained for task '{card.task}' x{card.scale}, but params ask "
             f"for '{task.name}' x{task.scale}; retrain (`dvc repro`) or set task.* to match the model"
         )
-    test_set = load_test_set(params, task, base)
+
+
+def run_evaluation(
+    params: Params, task: Task, enhancer: Enhancer, test_set: list[TestImage]
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[np.ndarray]]]:
+    """Enhancer and baselines over a test set -> (metrics.json content, per-image rows, outputs by method)."""
     methods: dict[str, list[np.ndarray]] = {MODEL: []}
     baselines = task.baselines()
     methods.update({name: [] for name in baselines})
@@ -159,29 +177,46 @@ def evaluate(params: Params, base: Path = Path(".")) -> dict[str, Any]:
         for name, baseline in baselines.items():
             methods[name].append(to_u8(np.clip(baseline(image.input), 0, 1)))
     summary, rows = evaluate_outputs(params, task, test_set, methods)
-
     first = next(iter(baselines))
-    gain = {f"{k}_vs_{first}": summary[MODEL][k] - summary[first][k] for k in ("psnr", "ssim", "fid")}
+    card = enhancer.card
     result = {
         **summary,
-        "gain": gain,
+        "gain": {f"{k}_vs_{first}": summary[MODEL][k] - summary[first][k] for k in ("psnr", "ssim", "fid")},
         "protocol": protocol(params, task, test_set),
-        "model": {**summary[MODEL], "data_hash": card.data_hash, "mlflow_run_id": card.mlflow_run_id},
+        MODEL: {**summary[MODEL], "data_hash": card.data_hash, "mlflow_run_id": card.mlflow_run_id},
     }
-    out = base / ev.out_dir
+    return result, rows, methods
+
+
+def write_report(out: Path, result: dict[str, Any], rows: list[dict[str, Any]], grid: Image.Image) -> None:
+    """metrics.json, per_image.csv and comparison.png into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     with (out / PER_IMAGE_FILE).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", "method", "psnr", "ssim"])
         writer.writeheader()
         writer.writerows(rows)
-    _comparison_grid(test_set, methods, ev.grid_images).save(out / GRID_FILE)
-    _log_to_training_run(params, base, card.mlflow_run_id, summary, out)
+    grid.save(out / GRID_FILE)
+
+
+def evaluate(params: Params, base: Path = Path(".")) -> dict[str, Any]:
+    """The evaluate stage; returns what it writes to metrics.json."""
+    task = build_task(params.task)
+    ev = params.evaluate
+    enhancer = Enhancer.from_dir(
+        base / params.train.out_dir, device=params.train.device, tile=ev.tile, tile_pad=ev.tile_overlap
+    )
+    check_fits(enhancer, task, str(params.train.out_dir))
+    test_set = load_test_split(params, task, base)
+    result, rows, methods = run_evaluation(params, task, enhancer, test_set)
+    out = base / ev.out_dir
+    write_report(out, result, rows, comparison_grid(test_set, methods, ev.grid_images))
+    _log_to_training_run(params, base, enhancer.card.mlflow_run_id, result, out)
     return result
 
 
 def _log_to_training_run(
-    params: Params, base: Path, run_id: str | None, summary: dict[str, dict[str, float]], out: Path
+    params: Params, base: Path, run_id: str | None, result: dict[str, Any], out: Path
 ) -> None:
     if not (params.tracking.enabled and run_id):
         return
@@ -191,9 +226,10 @@ def _log_to_training_run(
 
     try:
         client = mlflow.MlflowClient(tracking_uri(params.tracking, base))
-        for method, values in summary.items():
+        for method, values in result.items():
             for key, value in values.items():
-                client.log_metric(run_id, f"eval_{method}_{key}", value)
+                if method != "protocol" and isinstance(value, int | float):
+                    client.log_metric(run_id, f"eval_{method}_{key}", value)
         client.log_artifacts(run_id, str(out), artifact_path="evaluation")
     except Exception as exc:
         print(f"warning: could not log evaluation to MLflow run {run_id} ({exc}); metrics.json is written")
