@@ -48,16 +48,17 @@ def params(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) ->
 @app.command()
 def prepare(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Validate the source images, convert them to RGB PNGs and split them (train/val/test) by content hash."""
-    from gan_enhance.data.prepare import REPORT_FILE
-    from gan_enhance.data.prepare import prepare as run_prepare
+    from gan_enhance.data.prepare import DOMAIN_B_DIR, REPORT_FILE, prepare_stage
 
     p = _params(params_file, set_)
-    rows = run_prepare(p.data, min_side=p.train.patch_size)
-    report = json.loads((p.data.prepared_dir / REPORT_FILE).read_text())
-    typer.echo(
-        f"prepared {len(rows)} images into {p.data.prepared_dir}: {report['per_split']}; "
-        f"rejected {report['rejected']} (reasons in {p.data.prepared_dir / REPORT_FILE})"
-    )
+    prepare_stage(p)
+    for folder in (p.data.prepared_dir, p.data.prepared_dir / DOMAIN_B_DIR):
+        if (folder / REPORT_FILE).is_file():
+            report = json.loads((folder / REPORT_FILE).read_text())
+            typer.echo(
+                f"prepared {report['accepted']} images of {report['source']} into {folder}: {report['per_split']}; "
+                f"rejected {report['rejected']} (reasons in {folder / REPORT_FILE})"
+            )
 
 
 @app.command()
@@ -80,11 +81,75 @@ def evaluate(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
     p = _params(params_file, set_)
     result = run_evaluate(p)
     methods = [k for k in result if k not in ("gain", "protocol")]
-    typer.echo(f"{'method':<14}{'PSNR':>8}{'SSIM':>8}{'FID':>9}{'KID':>9}")
+    formats = {"psnr": ".2f", "ssim": ".4f", "psnr_hole": ".2f", "ssim_hole": ".4f", "fid": ".2f", "kid": ".4f"}
+    columns = [c for c in formats if c in result[methods[0]]]  # translate/generate have no PSNR/SSIM
+    typer.echo(f"{'method':<14}" + "".join(f"{c.upper():>11}" for c in columns))
     for m in methods:
-        r = result[m]
-        typer.echo(f"{m:<14}{r['psnr']:>8.2f}{r['ssim']:>8.4f}{r['fid']:>9.2f}{r['kid']:>9.4f}")
+        typer.echo(f"{m:<14}" + "".join(f"{result[m][c]:>11{formats[c]}}" for c in columns))
     typer.echo(f"written to {p.evaluate.out_dir}")
+
+
+@app.command()
+def register(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Register the evaluated generator in the MLflow registry (alias challenger); an unchanged model is reused."""
+    from gan_enhance.lifecycle.register import register as run_register
+
+    p = _params(params_file, set_)
+    result = run_register(p)
+    if result.status == "skipped":
+        typer.echo(f"nothing registered: {result.reason}")
+    elif result.status == "unchanged":
+        typer.echo(f"unchanged: {result.model_name} version {result.version} already holds this model")
+    else:
+        typer.echo(f"registered {result.model_name} version {result.version} (alias challenger)")
+    typer.echo(f"record: {p.registry.record}")
+
+
+@app.command()
+def promote(
+    params_file: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    version: Annotated[str | None, typer.Option(help="Judge this version instead of the challenger.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote even where the policy refuses.")] = False,
+) -> None:
+    """Make the challenger champion if it beats the champion by the `promote` policy (exit 1 when refused)."""
+    from gan_enhance.lifecycle.promotion import promote as run_promote
+
+    outcome = run_promote(_params(params_file, set_), version=version, force=force)
+    typer.echo(f"{outcome.verdict}: {outcome.model_name} version {outcome.version}: {outcome.reason}")
+    typer.echo(f"champion: {f'version {outcome.champion}' if outcome.champion else 'none yet'}")
+    if outcome.verdict == "refused":
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def rollback(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Give the alias champion back to the version that held it before."""
+    from gan_enhance.lifecycle.promotion import rollback as run_rollback
+
+    outcome = run_rollback(_params(params_file, set_))
+    typer.echo(f"rolled back: {outcome.reason} ({outcome.model_name})")
+
+
+@app.command()
+def ui(
+    params_file: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Serve the MLflow UI (runs, registered models, aliases) over the project's SQLite store, on 127.0.0.1."""
+    import os
+
+    from gan_enhance.lifecycle.server import HOST, server_command
+    from gan_enhance.tracking import tracking_uri
+
+    uri = tracking_uri(_params(params_file, set_).tracking)
+    if not uri.startswith("sqlite:///"):
+        _fail(f"the tracking URI {uri} is not a SQLite store; open that server's own UI instead")
+    database = Path(uri.removeprefix("sqlite:///"))
+    command, env = server_command(database, database.parent / "mlartifacts", port)
+    typer.echo(f"MLflow UI for {database} on http://{HOST}:{port} (Ctrl+C stops it)")
+    os.execve(command[0], command, env)
 
 
 @app.command()
@@ -137,11 +202,12 @@ def main() -> None:
     from gan_enhance.data.prepare import PrepareError
     from gan_enhance.data.sources import SourceError
     from gan_enhance.evaluation.stage import EvaluationError
+    from gan_enhance.lifecycle.errors import RegistryError
     from gan_enhance.models.artifact import ArtifactError
 
     try:
         app()
-    except (ParamsError, PrepareError, SourceError, EvaluationError, ArtifactError) as exc:
+    except (ParamsError, PrepareError, SourceError, EvaluationError, ArtifactError, RegistryError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 

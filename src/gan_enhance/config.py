@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -80,7 +81,48 @@ class DenoiseParams(_Section):
         return value
 
 
-TaskName = Literal["sr", "denoise"]
+def _check_range(value: tuple[float, float], low: float, high: float) -> tuple[float, float]:
+    if not low <= value[0] <= value[1] <= high:
+        raise ValueError(f"must be [min, max] with {low} <= min <= max <= {high}; got {list(value)}")
+    return value
+
+
+class InpaintParams(_Section):
+    hole_ratio: tuple[float, float] = Field(
+        (0.1, 0.4), description="Fraction of pixels masked (strokes and boxes), drawn per image from [min, max]."
+    )
+    hole_weight: float = Field(6.0, gt=0, description="Weight of the L1 loss inside holes (valid region: 1).")
+
+    @field_validator("hole_ratio")
+    def _ratio_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _check_range(value, 0.01, 0.8)
+
+
+class TranslateParams(_Section):
+    source_b: str = Field(
+        "warm_film",
+        description="Domain B: a folder of images, or 'warm_film': a warm colour grade of the other half of "
+        "data.source's images (domain A keeps the first half; a demonstration pair).",
+    )
+    direction: Literal["a2b", "b2a"] = Field("a2b", description="Which of the two generators is exported.")
+    cycle_weight: float = Field(10.0, ge=0, description="Cycle-consistency L1 weight (lambda in CycleGAN).")
+    identity_weight: float = Field(0.5, ge=0, description="Identity L1 weight, relative to cycle_weight.")
+    pool_size: int = Field(50, ge=0, description="Image history buffer per discriminator; 0 turns it off.")
+
+    @field_validator("source_b")
+    def _source_b_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("source_b is empty; use 'warm_film' or the path of a folder of domain-B images")
+        return value
+
+
+class GenerateParams(_Section):
+    image_size: Literal[32, 64] = Field(
+        32, description="Side of the generated images; training images are centre-cropped and resized to it."
+    )
+
+
+TaskName = Literal["sr", "denoise", "inpaint", "translate", "generate"]
 
 
 class TaskParams(_Section):
@@ -89,6 +131,9 @@ class TaskParams(_Section):
     name: TaskName = "sr"
     sr: SRParams = SRParams()
     denoise: DenoiseParams = DenoiseParams()
+    inpaint: InpaintParams = InpaintParams()
+    translate: TranslateParams = TranslateParams()
+    generate: GenerateParams = GenerateParams()
 
 
 class ArchParams(BaseModel):
@@ -178,6 +223,47 @@ class TrackingParams(_Section):
     experiment: str | None = Field(None, description="Default: gan-enhance-<task>.")
 
 
+class RegistryParams(_Section):
+    """Where `gan-enhance register` puts evaluated generators in the MLflow registry."""
+
+    model_name: str | None = Field(None, description="Registered model; default gan-enhance-<task>[-x<scale>].")
+    record: Path = Field(Path("reports/register/registration.json"), description="Which version holds the model.")
+
+    @field_validator("model_name")
+    def _name_fits_uris(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(
+                "model_name must be letters, digits, '.', '_' or '-' (it goes into models:/<name>@<alias> URIs); "
+                "use null for the default name"
+            )
+        return value
+
+
+Direction = Literal["lower", "higher"]
+KNOWN_DIRECTIONS: dict[str, Direction] = {"fid": "lower", "kid": "lower", "psnr": "higher", "ssim": "higher"}
+
+
+class PromoteParams(_Section):
+    """When `gan-enhance promote` lets the challenger replace the champion."""
+
+    primary_metric: str = Field("fid", description="The challenger must beat the champion on this metric.")
+    primary_direction: Direction = "lower"
+    guard_metric: str = Field("psnr", description="...while losing at most guard_tolerance on this one.")
+    guard_direction: Direction = "higher"
+    guard_tolerance: float = Field(0.1, ge=0, description="In the guard metric's units (PSNR: dB).")
+
+    @model_validator(mode="after")
+    def _directions_fit_metrics(self) -> PromoteParams:
+        if self.primary_metric == self.guard_metric:
+            raise ValueError(f"primary_metric and guard_metric are both '{self.primary_metric}'; pick two metrics")
+        for role in ("primary", "guard"):
+            metric, direction = getattr(self, f"{role}_metric"), getattr(self, f"{role}_direction")
+            known = KNOWN_DIRECTIONS.get(metric)
+            if known and direction != known:
+                raise ValueError(f"{role}_direction: {metric} is better when {known}, not {direction}")
+        return self
+
+
 class Params(_Section):
     seed: int = 0
     data: DataParams = DataParams()
@@ -186,6 +272,8 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
+    registry: RegistryParams = RegistryParams()
+    promote: PromoteParams = PromoteParams()
 
     @model_validator(mode="after")
     def _networks_exist_and_fit(self) -> Params:

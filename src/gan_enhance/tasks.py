@@ -1,7 +1,9 @@
 """A task is data: how inputs are made from targets, which classical baselines apply, how metrics are taken.
 
 The trainer, the evaluation stage and the Enhancer ask the task; none of them branches on its name.
-New tasks register a builder in TASKS.
+New tasks register a builder in TASKS. `kind` says which trainer and which evaluation fit the task
+(paired: input made from its target; unpaired: two domains; unconditional: noise in, image out) and `inputs`
+what the generator takes (image, image+mask or latent noise), which the model card carries to the Enhancer.
 """
 
 from __future__ import annotations
@@ -12,18 +14,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from gan_enhance.config import TaskParams
 from gan_enhance.data.degradations import add_gaussian_noise, bicubic_down, bicubic_up, crop_to_multiple
+from gan_enhance.data.masks import random_mask
+from gan_enhance.training import losses
 
-Baseline = Callable[[np.ndarray], np.ndarray]  # input float32 HxWx3 in [0,1] -> output float32, target size
+# (input float32 HxWx3 in [0,1], hole mask HxW bool or None) -> output float32, target size
+Baseline = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+IN_CHANNELS = {"image": 3, "image+mask": 4, "latent": 3}
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def _to_tensor(batch: np.ndarray) -> torch.Tensor:
+def to_tensor(batch: np.ndarray) -> torch.Tensor:
     """B x H x W x 3 uint8 or float -> B x 3 x H x W float32 in [0, 1] scale."""
     tensor = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
     return tensor.float().div_(255.0) if batch.dtype == np.uint8 else tensor.float()
@@ -38,6 +45,26 @@ class Task:
     metric_space: str = "rgb"  # "y": BT.601 luma as SR papers report; "rgb": all channels
     crop_border: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    kind: str = "paired"  # paired | unpaired | unconditional
+    inputs: str = "image"  # image | image+mask | latent
+
+    @property
+    def in_channels(self) -> int:
+        return IN_CHANNELS[self.inputs]
+
+    @property
+    def variant(self) -> str:
+        """The task with the settings that make its models different products (sr-x4, translate-b2a, ...)."""
+        return self.name
+
+    @property
+    def source_b(self) -> str | None:
+        """Domain B's source for two-domain tasks; None otherwise."""
+        return None
+
+    def min_side(self, patch_size: int) -> int:
+        """Smallest usable image side (the prepare stage rejects smaller images)."""
+        return patch_size
 
     def degrade(self, target: np.ndarray, rng: np.random.Generator, training: bool) -> np.ndarray:
         """uint8 HxWx3 target -> model input (uint8 or float32 HxWx3)."""
@@ -52,26 +79,42 @@ class Task:
     def training_pair(self, patches: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """B x P x P x 3 uint8 target patches -> (input, target) float tensors in [0, 1] scale."""
         inputs = np.stack([self.degrade(p, rng, training=True) for p in patches])
-        return _to_tensor(inputs), _to_tensor(patches)
+        return to_tensor(inputs), to_tensor(patches)
 
     def eval_input(self, target: np.ndarray, seed: int) -> np.ndarray:
         """Deterministic model input (float32 HxWx3, [0,1] scale) for a prepared target."""
         inp = self.degrade(target, np.random.default_rng(seed), training=False)
         return inp.astype(np.float32) / 255.0 if inp.dtype == np.uint8 else inp
 
+    def eval_mask(self, target: np.ndarray, seed: int) -> np.ndarray | None:
+        """Deterministic hole mask (bool HxW) for tasks whose model takes one."""
+        return None
+
+    def pixel_loss(self, kind: str, output: torch.Tensor, target: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        """The paired trainer's pixel loss; `inp` is the model input (tasks may weight regions by it)."""
+        return losses.pixel_loss(kind, output, target)
+
     def card_params(self) -> dict[str, Any]:
         return {"name": self.name, "scale": self.scale, **self.options}
+
+    def card_fields(self) -> dict[str, Any]:
+        """Model card fields that a model must carry to fit this task (the evaluation checks them)."""
+        return {"task": self.name, "scale": self.scale, "inputs": self.inputs, "in_channels": self.in_channels}
 
 
 @dataclass(frozen=True)
 class SuperResolution(Task):
     metric_space: str = "y"
 
+    @property
+    def variant(self) -> str:
+        return f"sr-x{self.scale}"
+
     def degrade(self, target: np.ndarray, rng: np.random.Generator, training: bool) -> np.ndarray:
         return bicubic_down(target, self.scale)
 
     def baselines(self) -> dict[str, Baseline]:
-        return {"bicubic": lambda x: bicubic_up(_to_u8(x), self.scale).astype(np.float32) / 255.0}
+        return {"bicubic": lambda x, mask: bicubic_up(_to_u8(x), self.scale).astype(np.float32) / 255.0}
 
 
 @dataclass(frozen=True)
@@ -90,18 +133,115 @@ class Denoise(Task):
 
         sigma = float(self.options["eval_sigma"]) / 255.0
 
-        def nl_means(x: np.ndarray) -> np.ndarray:
+        def nl_means(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
             out = denoise_nl_means(
                 x, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True, channel_axis=-1
             )
             return out.astype(np.float32)
 
-        return {"noisy_input": lambda x: x, "nl_means": nl_means}
+        return {"noisy_input": lambda x, mask: x, "nl_means": nl_means}
+
+
+@dataclass(frozen=True)
+class Inpaint(Task):
+    """Fill holes: the input is the image with holes plus the mask channel (1 = hole)."""
+
+    inputs: str = "image+mask"
+
+    def _mask(self, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return random_mask(target.shape[0], target.shape[1], rng, tuple(self.options["hole_ratio"]))
+
+    def degrade(self, target: np.ndarray, rng: np.random.Generator, training: bool) -> np.ndarray:
+        """float32 HxWx4: the image with holes painted white, and the mask."""
+        return _with_holes(target, self._mask(target, rng), with_mask=True)
+
+    def eval_input(self, target: np.ndarray, seed: int) -> np.ndarray:
+        return _with_holes(target, self.eval_mask(target, seed), with_mask=False)
+
+    def eval_mask(self, target: np.ndarray, seed: int) -> np.ndarray:
+        return self._mask(target, np.random.default_rng(seed))
+
+    def pixel_loss(self, kind: str, output: torch.Tensor, target: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        """Loss on the valid region plus hole_weight x the loss inside the holes (Liu et al. 2018)."""
+        hole = inp[:, 3:4]
+        valid = losses.pixel_loss(kind, output * (1 - hole), target * (1 - hole))
+        return valid + self.options["hole_weight"] * losses.pixel_loss(kind, output * hole, target * hole)
+
+    def baselines(self) -> dict[str, Baseline]:
+        from skimage.restoration import inpaint_biharmonic
+
+        def biharmonic(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+            return inpaint_biharmonic(x, mask, channel_axis=-1).astype(np.float32)
+
+        return {"biharmonic": biharmonic}
+
+
+def _with_holes(target: np.ndarray, mask: np.ndarray, with_mask: bool) -> np.ndarray:
+    image = target.astype(np.float32) / 255.0
+    image[mask] = 1.0
+    return np.concatenate([image, mask[..., None].astype(np.float32)], axis=2) if with_mask else image
+
+
+@dataclass(frozen=True)
+class Translate(Task):
+    """Unpaired translation from domain A (data.source) to domain B (source_b), or back (direction b2a)."""
+
+    kind: str = "unpaired"
+
+    @property
+    def variant(self) -> str:
+        return f"translate-{self.options['direction']}"
+
+    @property
+    def source_b(self) -> str:
+        return str(self.options["source_b"])
+
+    def degrade(self, target: np.ndarray, rng: np.random.Generator, training: bool) -> np.ndarray:
+        return target
+
+    def baselines(self) -> dict[str, Baseline]:
+        return {"identity": lambda x, mask: x}
+
+    def card_fields(self) -> dict[str, Any]:
+        return {**super().card_fields(), "direction": self.options["direction"]}
+
+
+@dataclass(frozen=True)
+class Generate(Task):
+    """Unconditional generation: latent noise in, an image_size x image_size image out."""
+
+    kind: str = "unconditional"
+    inputs: str = "latent"
+
+    @property
+    def image_size(self) -> int:
+        return int(self.options["image_size"])
+
+    def min_side(self, patch_size: int) -> int:
+        return self.image_size
+
+    def degrade(self, target: np.ndarray, rng: np.random.Generator, training: bool) -> np.ndarray:
+        """No input: a test image stands for itself (it is the reference the samples are compared with)."""
+        return target
+
+    def prepare_target(self, target: np.ndarray) -> np.ndarray:
+        """Centre square, resized (antialiased bicubic) to image_size."""
+        height, width = target.shape[:2]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        square = Image.fromarray(target[top : top + side, left : left + side])
+        return np.asarray(square.resize((self.image_size, self.image_size), Image.BICUBIC))
+
+    def card_fields(self) -> dict[str, Any]:
+        return {**super().card_fields(), "image_size": self.image_size}
 
 
 TASKS: dict[str, Callable[[TaskParams], Task]] = {
     "sr": lambda p: SuperResolution("sr", scale=p.sr.scale, crop_border=p.sr.scale),
     "denoise": lambda p: Denoise("denoise", options={"sigma": p.denoise.sigma, "eval_sigma": p.denoise.eval_sigma}),
+    "inpaint": lambda p: Inpaint("inpaint", options=p.inpaint.model_dump(mode="json")),
+    "translate": lambda p: Translate("translate", options=p.translate.model_dump(mode="json")),
+    "generate": lambda p: Generate("generate", options=p.generate.model_dump(mode="json")),
 }
 
 

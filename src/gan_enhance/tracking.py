@@ -23,6 +23,14 @@ def tracking_uri(tracking: TrackingParams, base: Path = Path(".")) -> str:
     return uri
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside a SQLite store (MLflow's default, ./mlruns of whatever
+    directory is current, would strand them in a DVC experiment's temporary copy); None lets a server decide."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def git_commit(base: Path = Path(".")) -> str | None:
     """HEAD's commit, suffixed '-dirty' when tracked files differ; None outside a git repository."""
     try:

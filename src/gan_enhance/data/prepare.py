@@ -15,13 +15,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from gan_enhance.config import DataParams
-from gan_enhance.data.image_io import ImageError, read_image, to_uint8
-from gan_enhance.data.sources import list_source
+from gan_enhance.config import DataParams, Params
+from gan_enhance.data.domains import domain_sources
+from gan_enhance.data.image_io import ImageError, to_uint8
+from gan_enhance.data.sources import SourceImage, list_source
+from gan_enhance.tasks import build_task
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FILE = "manifest.csv"
 REPORT_FILE = "report.json"
+DOMAIN_B_DIR = "domain_b"  # two-domain tasks (translate): domain B, prepared like the main folder
 
 
 class PrepareError(RuntimeError):
@@ -75,22 +78,18 @@ def manifest_hash(prepared_dir: Path) -> str:
     return hashlib.sha256((Path(prepared_dir) / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
 
 
-def prepare(data: DataParams, min_side: int | None = None, base: Path = Path(".")) -> list[ManifestRow]:
-    """Run the stage; returns the manifest rows. `min_side` (e.g. the training patch) overrides data.min_side
-    when larger."""
-    out = base / data.prepared_dir
-    needed = max(data.min_side, min_side or 0)
-    sources = list_source(data.source, base)
+def _prepare_into(
+    sources: list[SourceImage], out: Path, data: DataParams, needed: int, label: str
+) -> list[ManifestRow]:
+    """Validate, convert and split `sources` into `out` (manifest + report); PrepareError when nothing is usable."""
     rows: list[ManifestRow] = []
     rejected: list[dict[str, str]] = []
     seen: dict[str, str] = {}
-    if out.exists():
-        shutil.rmtree(out)
     for split in SPLITS:
         (out / split).mkdir(parents=True)
     for item in tqdm(sources, desc="prepare", unit="img", disable=None):
         try:
-            rgb, _alpha = read_image(item.path, max_pixels=data.max_pixels)
+            rgb = item.read(data.max_pixels)
         except ImageError as exc:
             rejected.append({"source": item.name, "reason": str(exc).removeprefix(f"{item.path}: ")})
             continue
@@ -112,7 +111,7 @@ def prepare(data: DataParams, min_side: int | None = None, base: Path = Path("."
     rows.sort(key=lambda r: r.file)
     counts = Counter(r.split for r in rows)
     report = {
-        "source": data.source,
+        "source": label,
         "found": len(sources),
         "accepted": len(rows),
         "rejected": len(rejected),
@@ -128,15 +127,39 @@ def prepare(data: DataParams, min_side: int | None = None, base: Path = Path("."
     if not rows:
         reasons = Counter(r["reason"].split(":")[0] for r in rejected).most_common(5)
         raise PrepareError(
-            f"no usable images in '{data.source}': found {len(sources)}, rejected {len(rejected)}"
+            f"no usable images in '{label}': found {len(sources)}, rejected {len(rejected)}"
             + (f" (most common reasons: {', '.join(f'{n}x {why}' for why, n in reasons)})" if reasons else "")
-            + f". Details: {out / REPORT_FILE}. Point data.source at a folder of PNG/JPEG/WebP/TIFF/BMP images"
-            f" whose shorter side is at least {needed} px."
+            + f". Details: {out / REPORT_FILE}. Point the source at a folder of PNG/JPEG/WebP/TIFF/BMP images"
+            f" whose shorter side is at least {needed} px (or lower data.min_side)."
         )
     for split in ("train", "test"):
         if not counts.get(split):
             raise PrepareError(
-                f"no image landed in the {split} split ({len(rows)} usable images, data.split = "
+                f"no image of '{label}' landed in the {split} split ({len(rows)} usable images, data.split = "
                 f"{data.split.model_dump()}); add images, change the fractions or set data.split.salt"
             )
     return rows
+
+
+def prepare(
+    data: DataParams, min_side: int | None = None, base: Path = Path("."), source_b: str | None = None
+) -> list[ManifestRow]:
+    """Run the stage; returns the manifest rows. `min_side` (e.g. the training patch) overrides data.min_side
+    when larger. With `source_b` (two-domain tasks), domain A comes from data.source into the prepared folder and
+    domain B into its DOMAIN_B_DIR subfolder, each with its own manifest, report and split."""
+    out = base / data.prepared_dir
+    needed = max(data.min_side, min_side or 0)
+    if source_b is None:
+        domains = [(list_source(data.source, base), out, data.source)]
+    else:
+        sources_a, sources_b = domain_sources(data.source, source_b, base)
+        domains = [(sources_a, out, data.source), (sources_b, out / DOMAIN_B_DIR, source_b)]
+    if out.exists():
+        shutil.rmtree(out)
+    return [row for sources, folder, label in domains for row in _prepare_into(sources, folder, data, needed, label)]
+
+
+def prepare_stage(params: Params, base: Path = Path(".")) -> list[ManifestRow]:
+    """The prepare stage for the chosen task: its minimum image side, and its second domain where it has one."""
+    task = build_task(params.task)
+    return prepare(params.data, min_side=task.min_side(params.train.patch_size), base=base, source_b=task.source_b)

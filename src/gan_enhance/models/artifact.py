@@ -32,6 +32,10 @@ class ModelCard:
     task: str
     scale: int = 1
     in_channels: int = 3
+    inputs: str = "image"  # image | image+mask (channel 4 = hole mask) | latent (noise in, see latent_dim)
+    latent_dim: int | None = None  # unconditional generators: length of the N(0, 1) latent vector
+    image_size: int | None = None  # unconditional generators: side of the images they make
+    direction: str | None = None  # unpaired translation: a2b or b2a
     value_range: tuple[float, float] = (0.0, 1.0)
     task_params: dict[str, Any] = field(default_factory=dict)
     data_hash: str | None = None
@@ -45,7 +49,10 @@ class ModelCard:
     card_version: int = CARD_VERSION
 
     def build_network(self) -> nn.Module:
-        return build("generator", self.arch, scale=self.scale, in_channels=self.in_channels, **self.arch_kwargs)
+        context = {"image_size": self.image_size} if self.image_size else {}
+        return build(
+            "generator", self.arch, scale=self.scale, in_channels=self.in_channels, **context, **self.arch_kwargs
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

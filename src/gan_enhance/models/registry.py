@@ -10,6 +10,7 @@ from typing import Any, Literal
 from torch import nn
 
 Kind = Literal["generator", "discriminator"]
+CONTEXT = ("scale", "in_channels", "out_channels", "image_size")  # set by the task, not by model.* params
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def register(kind: Kind, name: str, tasks: tuple[str, ...] = ()) -> Callable:
 
 
 def _ensure_loaded() -> None:
-    from gan_enhance.models import discriminators, generators  # noqa: F401  (registration side effect)
+    from gan_enhance.models import dcgan, discriminators, generators, inpainting, translation  # noqa: F401  (registration)
 
 
 def names(kind: Kind, task: str | None = None) -> list[str]:
@@ -51,7 +52,7 @@ def check_arch(kind: Kind, name: str, kwargs: dict[str, Any], task: str | None =
     if task is not None and entry.tasks and task not in entry.tasks:
         raise ValueError(f"{kind} '{name}' does not fit task '{task}'; choose one of: {', '.join(names(kind, task))}")
     signature = inspect.signature(entry.builder)
-    allowed = [p for p in signature.parameters if p not in ("self", "scale", "in_channels", "out_channels")]
+    allowed = [p for p in signature.parameters if p not in ("self", *CONTEXT)]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"{kind} '{name}' has no option {', '.join(unknown)}; its options are: {', '.join(allowed)}")

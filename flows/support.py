@@ -1,0 +1,253 @@
+"""What the flows share: the repository's parameters, `dvc` run as a child process with a hard timeout, errors that
+say whether a retry can help, and the retry condition built on them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gan_enhance.config import Params, ParamsError, load_params
+from gan_enhance.device import TELEMETRY_OFF
+from gan_enhance.lifecycle.errors import RegistryError
+
+PARAMS_FILE = "params.yaml"
+VENV_BIN = Path(sys.executable).parent
+TAIL_LINES = 40
+
+
+class StepError(RuntimeError):
+    """A step that failed; `transient` says whether running it again may succeed (lock busy, crash, network)."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def permanent_errors() -> tuple[type[BaseException], ...]:
+    """Errors that the same inputs will raise again: bad params, data, models or registry state, and timeouts."""
+    from gan_enhance.data.prepare import PrepareError
+    from gan_enhance.data.sources import SourceError
+    from gan_enhance.evaluation.stage import EvaluationError
+    from gan_enhance.models.artifact import ArtifactError
+
+    return (ParamsError, RegistryError, PrepareError, SourceError, EvaluationError, ArtifactError, TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, StepError):
+        return exc.transient
+    return not isinstance(exc, permanent_errors())
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry a failed task only when its error may go away (see `is_transient`)."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+def repo_params(repo: Path, overrides: dict[str, Any] | None = None) -> Params:
+    """<repo>/params.yaml, validated, with the tracking URI resolved the way the stages resolve it in <repo> (so the
+    flow's process talks to the same MLflow store as the `dvc repro` children, whatever its working directory)."""
+    from gan_enhance.tracking import tracking_uri
+
+    params = load_params(repo / PARAMS_FILE, overrides)
+    params.tracking.uri = tracking_uri(params.tracking, repo)
+    return params
+
+
+def use_registry(uri: str) -> None:
+    """Point MLflow's process-wide tracking and registry URIs at `uri`. The lifecycle code passes its URI to
+    every client, but MLflow resolves `models:/name/version` artifact URIs with the process-wide registry URI
+    (ModelsArtifactRepository ignores the one passed in), so downloading a version's artifacts from a process whose
+    working directory is not the repository would look in the wrong store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment, telemetry off, and the venv's bin on PATH (stage commands call `gan-enhance`)."""
+    env = {**TELEMETRY_OFF, **os.environ, **(extra or {})}
+    path = env.get("PATH", "").split(os.pathsep)
+    if str(VENV_BIN) not in path:
+        env["PATH"] = os.pathsep.join([*path, str(VENV_BIN)])
+    return env
+
+
+def dvc_executable() -> str:
+    """`dvc` from PATH, else the one installed beside this Python."""
+    return shutil.which("dvc", path=command_env()["PATH"]) or str(VENV_BIN / "dvc")
+
+
+def run_command(
+    command: list[str],
+    cwd: Path,
+    timeout_s: float,
+    log: Callable[[str], None],
+    env: dict[str, str] | None = None,
+) -> tuple[int, list[str]]:
+    """Run `command` in its own process group, streaming each output line to `log`; kill the group at the timeout
+    (StepError, permanent) or when this thread is interrupted. Returns (exit code, last output lines)."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env or command_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                tail.append(line)
+                log(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    started = time.monotonic()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        reader.join(timeout=5)
+        raise StepError(
+            f"`{' '.join(command[1:3])}` did not finish within {timeout_s:.0f} s and was stopped "
+            f"(last output: {_last(tail)})",
+            transient=False,
+        ) from None
+    finally:
+        if proc.poll() is None:  # interrupted (Prefect's timeout, Ctrl+C): leave no orphan behind
+            _kill_group(proc)
+    reader.join(timeout=5)
+    log(f"({' '.join(command[1:3])} took {time.monotonic() - started:.1f} s, exit {proc.returncode})")
+    return proc.returncode, list(tail)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _last(lines: list[str] | deque[str], count: int = 3) -> str:
+    return " | ".join(list(lines)[-count:]) or "none"
+
+
+DVC_LOCK_BUSY = "Unable to acquire lock"
+STAGE_FAILED = re.compile(r"failed to reproduce '([^']+)': failed to run: (.+), exited with (-?\d+)")
+
+
+def dvc_failure(args: list[str], code: int, tail: list[str]) -> StepError:
+    """Why `dvc <args>` failed, and whether a retry can help: DVC's repository lock busy or a stage command that
+    crashed (killed, out of memory, a lost connection) may pass next time; a stage that reports a known error (exit
+    2: bad params, data or registry state) or a DVC usage error will not."""
+    text = "\n".join(tail)
+    shown = f"`dvc {' '.join(args)}`"
+    if DVC_LOCK_BUSY in text:
+        return StepError(
+            f"{shown} could not take DVC's repository lock: another DVC process is running in this repository",
+            transient=True,
+        )
+    match = STAGE_FAILED.search(text)
+    errors = [line.removeprefix("error: ") for line in tail if line.startswith("error: ")]
+    if match:
+        stage, command, exit_code = match.group(1), match.group(2), int(match.group(3))
+        if exit_code == 2:
+            return StepError(f"stage '{stage}' (`{command}`) failed: {errors[-1] if errors else _last(tail)}", False)
+        return StepError(f"stage '{stage}' (`{command}`) exited with {exit_code}: {_last(tail)}", transient=True)
+    dvc_errors = [line.removeprefix("ERROR: ") for line in tail if line.startswith("ERROR: ")]
+    return StepError(f"{shown} exited with {code}: {dvc_errors[-1] if dvc_errors else _last(tail)}", transient=False)
+
+
+def run_dvc(args: list[str], repo: Path, timeout_s: float, log: Callable[[str], None]) -> list[str]:
+    """`dvc <args>` in `repo`; StepError (transient or not, see `dvc_failure`) when it fails."""
+    code, tail = run_command([dvc_executable(), *args], repo, timeout_s, log)
+    if code != 0:
+        raise dvc_failure(args, code, tail)
+    return tail
+
+
+class FlowStepError(RuntimeError):
+    """A flow step failed; the message names the step, its attempts and the reason (the flow run's Failed
+    message)."""
+
+
+def _attempts(state: Any) -> int | None:
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return client.read_task_run(state.state_details.task_run_id).run_count
+    except Exception:
+        return None
+
+
+def run_step(task_obj: Any, *args: Any, timings: dict[str, float] | None = None) -> Any:
+    """Call a Prefect task and return its result; on failure (after its retries) raise FlowStepError naming the
+    step, how many attempts it made and why it failed. `timings` gets the step's seconds."""
+    started = time.perf_counter()
+    state = task_obj(*args, return_state=True)
+    if timings is not None:
+        timings[task_obj.name] = time.perf_counter() - started
+    if state.is_completed():
+        return state.result()
+    exc = state.result(raise_on_failure=False)
+    attempts = _attempts(state)
+    tried = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+    reason = str(exc) if isinstance(exc, BaseException) else (state.message or state.name)
+    raise FlowStepError(f"step '{task_obj.name}' failed{tried}: {reason}")
+
+
+@contextmanager
+def command_line_api() -> Iterator[None]:
+    """For a flow run started from the command line: the local Prefect server when one answers on 127.0.0.1 (its
+    port: PREFECT_SERVER_API_PORT, default 4200), so the run shows in its UI; else Prefect's temporary server, given
+    time to start on a busy machine. An explicit PREFECT_API_URL is left alone."""
+    import urllib.request
+
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_API_PORT,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    updates: dict[Any, Any] = {}
+    if not PREFECT_API_URL.value():
+        url = f"http://127.0.0.1:{PREFECT_SERVER_API_PORT.value()}/api"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                updates[PREFECT_API_URL] = url
+        except OSError:
+            timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+            updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = max(timeout, 120)
+    with temporary_settings(updates=updates):
+        yield

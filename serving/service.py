@@ -1,0 +1,153 @@
+"""The BentoML service: the generator that held the registry alias `champion` when the bento was built.
+
+`make bento` imports that version from the MLflow registry into the BentoML model store as `gan-enhance-champion`
+(labels: registered model, version, alias) and builds the bento around this file. Every forward pass goes through
+the project's Enhancer (overlapping tiles, alpha kept, 16-bit grayscale kept). Request checks, decoding and encoding
+live in gan_enhance.serving_io; this file only wires them to HTTP.
+
+    POST /enhance         multipart: image (file), format (png|jpeg|webp), quality (1-100) -> the enhanced image
+    POST /enhance_batch   JSON {"images": [H x W x 3 uint8, ...]} -> {"images"-like list}, adaptive batching
+    GET  /model           registered name, version, alias, task, scale, metrics, serving settings
+    GET  /livez, /readyz  liveness; readiness (model loaded and warmed up)   GET /  Swagger UI
+
+Settings: GAN_ENHANCE_SERVE_* environment variables (gan_enhance.serving_io.ServeSettings).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import bentoml
+import numpy as np
+import torch
+from bentoml.validators import DType
+from fastapi import FastAPI
+from PIL import Image
+from pydantic import AfterValidator, Field
+from starlette.responses import JSONResponse, Response
+
+from gan_enhance.device import disable_telemetry
+from gan_enhance.inference import Enhancer
+from gan_enhance.serving_io import (
+    BENTO_MODEL,
+    OutputFormat,
+    RequestError,
+    RequestGuard,
+    ServeSettings,
+    check_batch,
+    decode_upload,
+    describe_model,
+    encode_image,
+    enhance_uint8_batch,
+    generator_dir,
+    guard_routes,
+    model_config,
+    servable,
+)
+
+disable_telemetry()
+SETTINGS = ServeSettings.from_env()
+info_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # GET routes; BentoML's are POST only
+
+Images = Annotated[
+    list[np.ndarray],
+    # checked per request, before adaptive batching joins requests: one bad request cannot fail the others
+    AfterValidator(
+        functools.partial(check_batch, max_images=SETTINGS.max_batch_images, max_pixels=SETTINGS.max_batch_pixels)
+    ),
+]
+
+
+@bentoml.asgi_app(info_app, path="/")
+@bentoml.service(
+    name="gan_enhance",
+    description="GAN image enhancement (super-resolution, denoising) with the MLflow champion model.",
+    traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency},
+    workers=1,  # one model copy per container; scale out with replicas
+)
+class EnhanceService:
+    bento_model = bentoml.models.BentoModel(f"{BENTO_MODEL}:latest")
+
+    def __init__(self) -> None:
+        self.ready = False
+        # forward passes at once, over both APIs (default 1: torch already uses every core, memory stays bounded);
+        # decoding and encoding run outside it, so they overlap the next request's forward pass
+        self.compute = threading.BoundedSemaphore(SETTINGS.threads)
+        self.codec = anyio.CapacityLimiter(SETTINGS.max_concurrency)
+        if SETTINGS.torch_threads:
+            torch.set_num_threads(SETTINGS.torch_threads)
+        path = Path(self.bento_model.path)
+        registered = model_config(path)
+        tile = SETTINGS.tile if SETTINGS.tile is not None else int(registered.get("tile", 256))
+        tile_pad = SETTINGS.tile_pad if SETTINGS.tile_pad is not None else int(registered.get("tile_pad", 16))
+        self.enhancer = Enhancer.from_dir(generator_dir(path), device=SETTINGS.device, tile=tile, tile_pad=tile_pad)
+        problem = servable(self.enhancer.card)
+        if problem:
+            raise RuntimeError(f"cannot serve {self.bento_model.tag}: {problem}")
+        info = self.bento_model.info
+        serving = {
+            "device": str(self.enhancer.device),
+            "tile": tile,
+            "tile_pad": tile_pad,
+            "max_pixels": SETTINGS.max_pixels,
+            "max_upload_mb": SETTINGS.max_upload_mb,
+            "batching": SETTINGS.batching,
+            "threads": SETTINGS.threads,
+            "torch_threads": torch.get_num_threads(),
+            "timeout_s": SETTINGS.timeout_s,
+        }
+        self.description = describe_model(info.labels, info.metadata, self.enhancer.card, str(info.tag), serving)
+        self.model_header = f"{self.description['registered_model']}/{self.description['version']}"
+        self.enhancer.enhance_array(np.zeros((16, 16, 3), np.uint8))  # warm-up before /readyz says yes
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    @info_app.get("/model")
+    def model(self) -> dict[str, Any]:
+        """The served model: registered name, version, alias, task, scale, metrics, and serving settings."""
+        return self.description
+
+    @bentoml.api(route="/enhance")
+    async def enhance(
+        self,
+        image: Path,
+        format: OutputFormat = "png",
+        quality: Annotated[int, Field(ge=1, le=100)] = 95,
+    ) -> Image.Image:
+        """Enhance one image (PNG, JPEG, WebP, TIFF or BMP). Returns PNG unless `format` asks for JPEG or WebP;
+        alpha and 16-bit grayscale survive in PNG."""
+        try:
+            return await anyio.to_thread.run_sync(self._enhance_file, image, format, quality, limiter=self.codec)
+        except RequestError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)  # type: ignore[return-value]
+
+    def _enhance_file(self, image: Path, fmt: str, quality: int) -> Response:
+        picture = decode_upload(image.read_bytes(), SETTINGS.max_pixels)
+        with self.compute:
+            result = self.enhancer.enhance_image(picture)
+        encoded = encode_image(result, fmt, quality, SETTINGS.png_compress_level)
+        headers = {"X-Model": self.model_header}
+        if encoded.notes:
+            headers["X-Conversions"] = "; ".join(encoded.notes)
+        return Response(encoded.data, media_type=encoded.media_type, headers=headers)
+
+    @bentoml.api(
+        route="/enhance_batch",
+        batchable=SETTINGS.batching,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.latency_budget_ms,
+    )
+    def enhance_batch(self, images: Images) -> list[Annotated[np.ndarray, DType("uint8")]]:
+        """Enhance uint8 RGB arrays (H x W x 3, sizes may differ). Concurrent requests are batched adaptively;
+        images of the same size share forward passes."""
+        with self.compute:
+            return enhance_uint8_batch(self.enhancer, images)
+
+
+EnhanceService.add_asgi_middleware(RequestGuard, routes=guard_routes(SETTINGS))

@@ -1,0 +1,213 @@
+"""The deployable bento, built from the MLflow champion (what `make bento` runs).
+
+1. import: the version of the task's registered model that holds `champion` goes from the MLflow registry into
+   the BentoML model store as `gan-enhance-champion:<registered name>-v<version>`, labelled with the registered
+   name, version and alias, with its metrics as metadata; the generator is loaded once to prove it works.
+2. build: `bentoml build` with serving/bentofile.yaml (the service resolves `gan-enhance-champion:latest`, the
+   import just made).
+3. export: `bentoml export` to <out>/<bento name>-<bento version>.bento.
+4. check: the Containerfile `bentoml containerize` would use (written to <out>/Containerfile) and the bento's
+   Python requirements are checked (there is no Docker daemon here to build the image).
+
+    .venv/bin/python -m gan_enhance.bento [--params params.yaml] [--out dist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gan_enhance.device import disable_telemetry
+from gan_enhance.serving_io import BENTO_MODEL, generator_dir, servable
+
+BENTOFILE = Path("serving/bentofile.yaml")
+
+
+class BentoBuildError(RuntimeError):
+    """A step of the bento build that cannot go ahead; the message says what to do."""
+
+
+def bento_model_tag(registered_model: str, version: str) -> str:
+    return f"{BENTO_MODEL}:{registered_model.lower()}-v{version}"
+
+
+def import_champion(registered_model: str, tracking_uri: str | None = None, alias: str = "champion") -> Any:
+    """Import the version holding `alias` into the BentoML model store (re-imported when already there, so that
+    it is `latest`); returns the bentoml.Model. RegistryError when no version holds the alias."""
+    import bentoml
+    import mlflow
+
+    from gan_enhance.lifecycle.registry import client_for, require_alias, version_metrics
+    from gan_enhance.models.artifact import load_generator
+
+    client = client_for(tracking_uri)
+    version = require_alias(client, registered_model, alias)
+    tag = bento_model_tag(registered_model, version.version)
+    with contextlib.suppress(bentoml.exceptions.NotFound):
+        bentoml.models.delete(tag)  # a rollback may bring back a version imported before: make it latest again
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client.tracking_uri)
+    labels = {
+        "registered_model": registered_model,
+        "registered_version": str(version.version),
+        "alias": alias,
+        "task": version.tags.get("task", ""),
+        "scale": version.tags.get("scale", ""),
+    }
+    metadata = {
+        "metrics": version_metrics(version),
+        "run_id": version.run_id,
+        "tracking_uri": client.tracking_uri,
+        "source": f"models:/{registered_model}/{version.version}",
+        "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    model = bentoml.mlflow.import_model(
+        tag, f"models:/{registered_model}/{version.version}", labels=labels, metadata=metadata
+    )
+    try:
+        _, card = load_generator(generator_dir(Path(bentoml.models.get(tag).path)))
+        problem = servable(card)
+        if problem:
+            raise BentoBuildError(f"version {version.version} of '{registered_model}': {problem}")
+    except Exception:
+        bentoml.models.delete(tag)
+        raise
+    return model
+
+
+def build(bentofile: Path = BENTOFILE, context: Path = Path(".")) -> Any:
+    """`bentoml build -f bentofile context`; returns the Bento."""
+    import bentoml
+
+    return bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(context))
+
+
+def export(bento: Any, out_dir: Path) -> Path:
+    """`bentoml export` to <out_dir>/<name>-<version>.bento."""
+    import bentoml
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{bento.tag.name}-{bento.tag.version}.bento"
+    return Path(bentoml.export_bento(bento.tag, str(target)))
+
+
+@dataclass(frozen=True)
+class ContainerCheck:
+    containerfile: Path
+    problems: list[str]
+    facts: list[str]
+
+
+def archive_members(archive: Path) -> list[str]:
+    """File names inside an exported .bento (a tar archive, xz-compressed by default)."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        return tar.getnames()
+
+
+def check_container(bento: Any, out_dir: Path, archive: Path | None = None) -> ContainerCheck:
+    """Write the Containerfile `bentoml containerize` would build from and check it and the bento's environment:
+    a Python 3.11 base, the bento's requirements installed, no lock file (it would pin CUDA torch), CPU torch,
+    port 3000 exposed, the bento's entry point, the service and package sources inside, and (given the exported
+    archive) the model weights inside the archive."""
+    import bentoml
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "Containerfile"
+    bentoml.container.get_containerfile(bento.tag, output_path=str(path))
+    text = path.read_text()
+    root = Path(bento.path)
+    requirements = (root / "env/python/requirements.txt").read_text().splitlines()
+    models = [m["tag"] for s in bento.info.to_dict().get("services", []) for m in s.get("models", [])]
+    expectations = {
+        "a Python 3.11 base image": "FROM python:3.11" in text,
+        "the requirements installed with uv": "pip install -r $BENTO_PATH/env/python/requirements.txt" in text,
+        "uv picks the best match across indexes (ENV UV_INDEX_STRATEGY)": "UV_INDEX_STRATEGY" in text,
+        "telemetry off in the image (ENV DO_NOT_TRACK)": "DO_NOT_TRACK" in text,
+        "port 3000 exposed": "EXPOSE 3000" in text,
+        "the entry point starts the bento": "ENTRYPOINT" in text and "entrypoint.sh" in text,
+        "torch pinned": any(line.startswith("torch==") for line in requirements),
+        "the CPU torch index": "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements,
+        "no mlflow, dvc or prefect in the image": not any(
+            line.startswith(("mlflow", "dvc", "prefect")) for line in requirements
+        ),
+        "no requirements.lock.txt (locking would pick CUDA torch)": not (
+            root / "env/python/requirements.lock.txt"
+        ).exists(),
+        "serving/service.py inside the bento": (root / "src/serving/service.py").is_file(),
+        "gan_enhance inside the bento": (root / "src/gan_enhance/inference.py").is_file(),
+        f"the champion model referenced ({', '.join(models) or 'none'})": any(
+            tag.startswith(f"{BENTO_MODEL}:") for tag in models
+        ),
+    }
+    if archive is not None:
+        names = archive_members(archive)
+        expectations["the exported archive holds the generator weights"] = any(
+            name.startswith(f"./models/{BENTO_MODEL}/") and name.endswith("generator.safetensors") for name in names
+        )
+    problems = [name for name, ok in expectations.items() if not ok]
+    facts = [name for name, ok in expectations.items() if ok]
+    return ContainerCheck(path, problems, facts)
+
+
+def docker_daemon() -> bool:
+    """Whether `docker info` reaches a daemon (what `bentoml containerize` needs)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    disable_telemetry()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="names the registered model")
+    parser.add_argument("--model-name", help="registered model name (default: from params, e.g. gan-enhance-sr-x4)")
+    parser.add_argument("--alias", default="champion")
+    parser.add_argument("--bentofile", type=Path, default=BENTOFILE)
+    parser.add_argument("--context", type=Path, default=Path("."), help="build context (the repository root)")
+    parser.add_argument("--out", type=Path, default=Path("dist"), help="where the .bento and Containerfile go")
+    args = parser.parse_args(argv)
+
+    from gan_enhance.config import ParamsError, load_params
+    from gan_enhance.lifecycle.errors import RegistryError
+    from gan_enhance.lifecycle.registry import registered_model_name
+
+    try:
+        params = load_params(args.params)
+        name = args.model_name or registered_model_name(params)
+        model = import_champion(name, params.tracking.uri, args.alias)
+        print(
+            f"imported {model.info.labels['registered_model']} version {model.info.labels['registered_version']} "
+            f"(alias {args.alias}) as {model.tag}"
+        )
+        bento = build(args.bentofile, args.context)
+        print(f"built bento {bento.tag} at {bento.path}")
+        archive = export(bento, args.out)
+        print(f"exported {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
+        check = check_container(bento, args.out, archive)
+    except (ParamsError, RegistryError, BentoBuildError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for fact in check.facts:
+        print(f"  ok: {fact}")
+    for problem in check.problems:
+        print(f"  MISSING: {problem}", file=sys.stderr)
+    print(f"Containerfile: {check.containerfile} (build it with `bentoml containerize {bento.tag}` where Docker runs)")
+    if not docker_daemon():
+        print("no Docker daemon here: the image was not built; serving/README.md says what was checked instead")
+    return 1 if check.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

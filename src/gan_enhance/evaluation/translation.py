@@ -1,0 +1,77 @@
+"""Evaluation of unpaired translation: FID/KID of the translated test images of the source domain to the test
+images of the target domain (other photos: there are no pairs), against the identity baseline (the source images
+untouched). Crops are seeded, spread over the images, as in the paired evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from gan_enhance.config import Params
+from gan_enhance.data.prepare import DOMAIN_B_DIR
+from gan_enhance.evaluation.metrics import fid_kid, inception_features
+from gan_enhance.evaluation.stage import MODEL, TestImage, assemble_result, crop_positions, load_test_split, protocol
+from gan_enhance.inference import Enhancer
+from gan_enhance.tasks import Task
+from gan_enhance.visual import image_grid, to_u8
+
+
+def _crops(images: list[np.ndarray], positions: list[tuple[int, int, int]], size: int) -> list[np.ndarray]:
+    return [images[i][top : top + size, left : left + size] for i, top, left in positions]
+
+
+def _centre(image: np.ndarray, side: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    side = min(side, height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def translation_grid(
+    sources: list[TestImage], methods: dict[str, list[np.ndarray]], references: list[TestImage], count: int
+) -> Image.Image:
+    """Rows: a source image's centre, each method's output there, and a target-domain example (another photo)."""
+    rows = []
+    for k, (image, *outputs) in enumerate(list(zip(sources, *methods.values(), strict=True))[:count]):
+        reference = references[k % len(references)].target
+        rows.append([_centre(cell, 128) for cell in (image.target, *outputs, reference)])
+    return image_grid(rows, labels=("input", *methods.keys(), "target domain"))
+
+
+def evaluate_translation(
+    params: Params, task: Task, enhancer: Enhancer, base: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]], Image.Image]:
+    ev = params.evaluate
+    domains = {"a": load_test_split(params, task, base), "b": load_test_split(params, task, base, DOMAIN_B_DIR)}
+    source, target = ("a", "b") if task.options["direction"] == "a2b" else ("b", "a")
+    inputs, references = domains[source], domains[target]
+    methods: dict[str, list[np.ndarray]] = {MODEL: []}
+    baselines = task.baselines()
+    methods.update({name: [] for name in baselines})
+    for image in tqdm(inputs, desc="translate test set", unit="img", disable=None):
+        methods[MODEL].append(to_u8(np.clip(enhancer.enhance_array(image.input), 0, 1)))
+        for name, baseline in baselines.items():
+            methods[name].append(to_u8(np.clip(baseline(image.input, image.mask), 0, 1)))
+
+    size = ev.fid_crop_size
+    real_at = crop_positions([t.target.shape[:2] for t in references], ev.fid_crops, size, ev.seed)
+    fake_at = crop_positions([t.target.shape[:2] for t in inputs], ev.fid_crops, size, ev.seed + 1)
+    real = inception_features(_crops([t.target for t in references], real_at, size))
+    summary = {
+        method: fid_kid(real, inception_features(_crops(outputs, fake_at, size)), ev.kid_subset_size, ev.seed)
+        for method, outputs in tqdm(methods.items(), desc="FID/KID", unit="method", disable=None)
+    }
+    reference_hash = hashlib.sha256("".join(sorted(t.sha256 for t in references)).encode()).hexdigest()[:16]
+    protocol_block = {
+        **protocol(params, task, inputs),
+        "direction": task.options["direction"],
+        "reference_set_hash": reference_hash,
+        "reference_images": len(references),
+    }
+    grid = translation_grid(inputs, methods, references, ev.grid_images)
+    return assemble_result(summary, enhancer.card, protocol_block), [], grid

@@ -1,0 +1,1 @@
+"""Model lifecycle in the MLflow registry: register evaluated generators, promote by policy, roll back, load."""

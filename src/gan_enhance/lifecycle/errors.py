@@ -1,0 +1,5 @@
+"""The lifecycle's error type, kept free of MLflow imports so the CLI can catch it cheaply."""
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot go ahead; the message names the model and what to do."""

@@ -1,0 +1,274 @@
+"""What every trainer shares: device, task, optimizers, the loop, checkpoints with exact resume, MLflow, export.
+
+A trainer subclass loads its data (returning its hash), builds its networks, says which objects make up its
+state, and defines one training step and one validation. Each step draws its randomness from a generator seeded
+by (seed, step), and checkpoints hold every network, optimizer, scheduler, buffer and RNG state, so a run killed
+and started again ends with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import gan_enhance
+from gan_enhance.config import Params
+from gan_enhance.device import pick_device
+from gan_enhance.models.artifact import ModelCard, save_generator
+from gan_enhance.tasks import Task, build_task
+from gan_enhance.tracking import git_commit
+from gan_enhance.training.checkpoint import load_latest, restore_rng_state, save_checkpoint
+from gan_enhance.training.tracker import RunTracker
+from gan_enhance.visual import plot_curves
+
+# train.* keys that change bookkeeping, not the weights: a checkpoint stays valid when only these change.
+_BOOKKEEPING = (
+    "out_dir",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "sample_every",
+    "device",
+    "threads",
+    "report_dir",
+)
+CURVES_FILE = "curves.csv"
+
+
+def _code_hash() -> str:
+    """Hash of the code that shapes the weights: a checkpoint made by other code is not resumed."""
+    package = Path(gan_enhance.__file__).parent
+    files = [
+        *sorted((package / "training").glob("*.py")),
+        *sorted((package / "models").glob("*.py")),
+        package / "tasks.py",
+        package / "data" / "batches.py",
+        package / "data" / "degradations.py",
+        package / "data" / "masks.py",
+    ]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    resumed_from: int
+    run_id: str | None
+    metrics: dict[str, float]
+
+
+class BaseTrainer:
+    """Builds everything from Params; `run()` trains (resuming when a matching checkpoint exists)."""
+
+    progress_keys: tuple[str, ...] = ()  # shown on the progress bar
+    card_metric_keys: tuple[str, ...] = ()  # copied from the last logged row into the model card
+
+    def __init__(self, params: Params, base: Path = Path("."), tracker: RunTracker | None = None) -> None:
+        self.params = params
+        self.base = base
+        tp = params.train
+        if tp.threads:
+            torch.set_num_threads(tp.threads)
+        self.device = pick_device(tp.device)
+        self.task: Task = build_task(params.task)
+        self.data_hash = self.load_data()
+        torch.manual_seed(params.seed)
+        self.build_networks()
+        self.amp = tp.amp and self.device.type == "cuda"
+        self.fingerprint = self._fingerprint()
+        self.tracker = tracker or RunTracker.from_params(params, base)
+        self.history: list[dict[str, float]] = []
+
+    # ---- what a trainer defines ---------------------------------------------------------------------
+    def load_data(self) -> str:
+        """Load the training data; return its identity (a hash)."""
+        raise NotImplementedError
+
+    def build_networks(self) -> None:
+        """Build networks, EMA copies, optimizers and schedulers (torch's RNG is seeded just before)."""
+        raise NotImplementedError
+
+    def stateful(self) -> dict[str, Any]:
+        """Everything with state_dict()/load_state_dict() that a checkpoint must hold, by name."""
+        raise NotImplementedError
+
+    def train_step(self, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def validate(self, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
+        """The network to export and the card fields it needs beyond the task's and the architecture's."""
+        raise NotImplementedError
+
+    def set_train_mode(self) -> None:
+        raise NotImplementedError
+
+    # ---- shared parts -------------------------------------------------------------------------------
+    def build(self, kind: str, **context: Any) -> nn.Module:
+        """A network from params.model (generator or discriminator) on the device, with task context."""
+        from gan_enhance.models.registry import build
+
+        arch = getattr(self.params.model, kind)
+        net = build(kind, arch.name, **context, **arch.kwargs).to(self.device)
+        return net.to(memory_format=torch.channels_last) if self.device.type == "cuda" else net
+
+    def optimizer(self, parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(parameters, lr=lr, betas=self.params.train.betas)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        if self.params.train.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+    def autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def clip(self, *nets: nn.Module) -> None:
+        if self.params.train.grad_clip > 0:
+            for net in nets:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), self.params.train.grad_clip)
+
+    def fingerprint_task(self) -> dict[str, Any]:
+        """The task settings that shape the weights (a trainer may leave out export-only ones)."""
+        return self.params.model_dump(mode="json")["task"]
+
+    def _fingerprint(self) -> str:
+        dumped = self.params.model_dump(mode="json")
+        train = {k: v for k, v in dumped["train"].items() if k not in _BOOKKEEPING}
+        key = json.dumps(
+            [dumped["seed"], self.fingerprint_task(), dumped["model"], train, self.data_hash, _code_hash()],
+            sort_keys=True,
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            **{name: obj.state_dict() for name, obj in self.stateful().items()},
+            "history": self.history,
+            "run_id": self.tracker.run_id,
+        }
+
+    def _resume(self) -> int:
+        folder = self.base / self.params.train.checkpoint_dir
+        state = load_latest(folder, map_location=self.device)
+        if state is None:
+            return 0
+        if state.get("fingerprint") != self.fingerprint:
+            stale = folder / f"stale-{state.get('fingerprint', 'unknown')}"
+            print(f"Checkpoints in {folder} belong to other params or data; moved to {stale}, starting fresh.")
+            stale.mkdir(parents=True, exist_ok=True)
+            for path in folder.glob("step-*.pt"):
+                path.replace(stale / path.name)
+            return 0
+        for name, obj in self.stateful().items():
+            obj.load_state_dict(state[name])
+        self.history = list(state["history"])
+        restore_rng_state(state["rng"])
+        self.tracker.resume(state.get("run_id"))
+        print(f"Resuming from step {state['step']} ({folder}).")
+        return int(state["step"])
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        tp = self.params.train
+        start = self._resume()
+        self.tracker.start(self.params, self.data_hash)
+        window: dict[str, list[float]] = defaultdict(list)
+        bar = tqdm(
+            total=tp.steps,
+            initial=start,
+            desc=f"train {self.task.name}",
+            unit="step",
+            disable=None,
+            dynamic_ncols=True,
+        )
+        t0 = time.perf_counter()
+        try:
+            for step in range(start, tp.steps):
+                self.set_train_mode()
+                for key, value in self.train_step(step).items():
+                    window[key].append(value)
+                done = step + 1
+                if done % tp.log_every == 0 or done == tp.steps:
+                    row: dict[str, float] = {
+                        "step": done,
+                        **{k: float(np.mean(v)) for k, v in window.items()},
+                    }
+                    row["lr_g"] = self.sched_g.get_last_lr()[0]
+                    if done % tp.sample_every == 0 or done == tp.steps:
+                        row.update(self.validate(done))
+                    self.history.append(row)
+                    self.tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, done)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in self.progress_keys})
+                    window.clear()
+                if done % tp.checkpoint_every == 0 or done == tp.steps:
+                    save_checkpoint(self.base / tp.checkpoint_dir, done, self._state(), tp.keep_checkpoints)
+                bar.update(1)
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        model_dir = self._export()
+        metrics = {k: v for k, v in (self.history[-1] if self.history else {}).items() if k != "step"}
+        metrics["train_seconds"] = elapsed
+        self.tracker.finish(model_dir, self.base / tp.report_dir, metrics)
+        return TrainResult(model_dir, tp.steps, start, self.tracker.run_id, metrics)
+
+    def _export(self) -> Path:
+        """Write the deliverable generator (safetensors + card) and the training curves."""
+        tp = self.params.train
+        last = self.history[-1] if self.history else {}
+        net, extra = self.deliverable()
+        card = ModelCard(
+            arch=self.params.model.generator.name,
+            arch_kwargs=self.params.model.generator.kwargs,
+            **self.task.card_fields(),
+            **extra,
+            task_params=self.task.card_params(),
+            data_hash=self.data_hash,
+            git_commit=git_commit(self.base),
+            mlflow_run_id=self.tracker.run_id,
+            params_fingerprint=self.fingerprint,
+            steps=tp.steps,
+            metrics={key: last[key] for key in self.card_metric_keys if key in last},
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            gan_enhance_version=gan_enhance.__version__,
+        )
+        out = self.base / tp.out_dir
+        if out.exists():
+            shutil.rmtree(out)
+        save_generator(net, card, out)
+        self._write_curves(self.base / tp.report_dir)
+        return out
+
+    def _write_curves(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = sorted({k for row in self.history for k in row} - {"step"})
+        with (folder / CURVES_FILE).open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["step", *keys])
+            writer.writeheader()
+            writer.writerows(self.history)
+        plot_curves(self.history, folder / "curves.png", f"training: {self.task.name}")

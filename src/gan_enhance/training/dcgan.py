@@ -1,0 +1,116 @@
+"""DCGAN training as in the PyTorch DCGAN example: binary cross-entropy (Goodfellow et al. 2014, the
+non-saturating generator loss), D and G updated once per step on the same batch of fakes.
+
+Each step's images and latents come from a generator seeded by (seed, step), so resuming is exact. The EMA
+generator is exported. train.gan_loss, train.weights, train.warmup_steps and train.patch_size belong to the
+paired trainer and are not used here; train.betas = [0.5, 0.999] and lr 2e-4 are the paper's settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gan_enhance.data.batches import load_split, step_rng
+from gan_enhance.data.prepare import manifest_hash
+from gan_enhance.tasks import to_tensor
+from gan_enhance.training import losses
+from gan_enhance.training.base import BaseTrainer
+from gan_enhance.training.ema import EMA
+from gan_enhance.visual import image_grid
+
+GRID_SIDE = 8
+
+
+class DCGANTrainer(BaseTrainer):
+    progress_keys = ("loss_g", "loss_d", "d_real", "d_fake")
+
+    def load_data(self) -> str:
+        prepared = self.base / self.params.data.prepared_dir
+        images = load_split(prepared, "train")
+        if not images:
+            raise ValueError(f"no training images in {prepared}; run the prepare stage on a source with images")
+        self.images = np.stack([self.task.prepare_target(image) for image in images])
+        return manifest_hash(prepared)
+
+    def build_networks(self) -> None:
+        tp = self.params.train
+        size = self.images.shape[1]
+        self.G = self.build("generator", image_size=size)
+        self.D = self.build("discriminator", image_size=size)
+        self.latent_dim = int(self.G.latent_dim)
+        self.ema = EMA(self.G, tp.ema_halflife_images, tp.ema_rampup)
+        self.opt_g = self.optimizer(self.G.parameters(), tp.lr_g)
+        self.opt_d = self.optimizer(self.D.parameters(), tp.lr_d)
+        self.sched_g = self.scheduler(self.opt_g, tp.steps)
+        self.sched_d = self.scheduler(self.opt_d, tp.steps)
+        rng = step_rng(self.params.seed, 0, stream=1)
+        self.val_latent = torch.from_numpy(rng.standard_normal((GRID_SIDE**2, self.latent_dim), dtype=np.float32))
+
+    def stateful(self) -> dict[str, Any]:
+        return {
+            "G": self.G,
+            "D": self.D,
+            "EMA": self.ema.model,
+            "opt_g": self.opt_g,
+            "opt_d": self.opt_d,
+            "sched_g": self.sched_g,
+            "sched_d": self.sched_d,
+        }
+
+    def set_train_mode(self) -> None:
+        self.G.train()
+        self.D.train()
+
+    def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
+        return self.ema.model, {"latent_dim": self.latent_dim}
+
+    def train_step(self, step: int) -> dict[str, float]:
+        tp = self.params.train
+        rng = step_rng(self.params.seed, step)
+        picks = rng.choice(len(self.images), size=tp.batch_size, replace=len(self.images) < tp.batch_size)
+        real = to_tensor(self.images[picks]).to(self.device)
+        latent = torch.from_numpy(rng.standard_normal((tp.batch_size, self.latent_dim), dtype=np.float32))
+
+        with self.autocast():
+            fake = self.G(latent.to(self.device))
+        self.D.requires_grad_(True)
+        with self.autocast():
+            real_logits, _ = self.D(real)
+            fake_logits, _ = self.D(fake.detach())
+            loss_d = losses.discriminator_loss("vanilla", real_logits.float(), fake_logits.float())
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.clip(self.D)
+        self.opt_d.step()
+        self.sched_d.step()
+
+        self.D.requires_grad_(False)
+        with self.autocast():
+            fake_logits, _ = self.D(fake)
+            loss_g = losses.generator_adv_loss("vanilla", real_logits.detach().float(), fake_logits.float())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.clip(self.G)
+        self.opt_g.step()
+        self.sched_g.step()
+        self.ema.update(self.G, tp.batch_size, (step + 1) * tp.batch_size)
+        return {
+            "loss_d": loss_d.item(),
+            "loss_g": loss_g.item(),
+            "d_real": torch.sigmoid(real_logits.detach().float()).mean().item(),
+            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean().item(),
+        }
+
+    @torch.inference_mode()
+    def validate(self, step: int) -> dict[str, float]:
+        """An 8 x 8 grid of the EMA generator's images from fixed latents."""
+        if self.tracker.active:
+            images = self.ema.model(self.val_latent.to(self.device)).float().clamp(0, 1).cpu()
+            cells = [image.permute(1, 2, 0).numpy() for image in images]
+            rows = [cells[i : i + GRID_SIDE] for i in range(0, len(cells), GRID_SIDE)]
+            self.tracker.log_image(image_grid(rows), f"samples/step_{step:07d}.png")
+        return {}

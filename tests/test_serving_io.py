@@ -1,0 +1,145 @@
+"""Unit tests of the service's helpers: settings, upload decoding, output encoding, batches, error bodies."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gan_enhance.serving_io import (
+    RequestError,
+    ServeSettings,
+    SettingsError,
+    _add_fix,
+    check_batch,
+    decode_upload,
+    encode_image,
+    enhance_uint8_batch,
+    servable,
+)
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+RGB = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8))
+
+
+def test_settings_come_from_the_environment_and_name_bad_values():
+    settings = ServeSettings.from_env({"GAN_ENHANCE_SERVE_TILE": "128", "GAN_ENHANCE_SERVE_BATCHING": "false"})
+    assert settings.tile == 128 and settings.batching is False and settings.tile_pad is None
+    assert settings.latency_budget_ms == int(settings.timeout_s * 1000)
+    with pytest.raises(SettingsError, match=r"GAN_ENHANCE_SERVE_MAX_PIXELS='lots'"):
+        ServeSettings.from_env({"GAN_ENHANCE_SERVE_MAX_PIXELS": "lots"})
+    with pytest.raises(SettingsError, match=r"GAN_ENHANCE_SERVE_DEVICE='tpu'.*'cuda'"):
+        ServeSettings.from_env({"GAN_ENHANCE_SERVE_DEVICE": "tpu"})
+    with pytest.raises(
+        SettingsError, match=r"unknown setting GAN_ENHANCE_SERVE_TILES; known: .*GAN_ENHANCE_SERVE_TILE"
+    ):
+        ServeSettings.from_env({"GAN_ENHANCE_SERVE_TILES": "1"})
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"", 400, "empty"),
+        (b"%PDF-1.4 not an image", 415, "not an image"),
+        (encoded(RGB, "GIF"), 415, "GIF"),
+        (encoded(RGB)[:-40], 400, "truncated"),
+        (encoded(Image.new("L", (101, 100))), 413, "101x100"),
+    ],
+    ids=["empty", "pdf", "gif", "truncated", "too-many-pixels"],
+)
+def test_decode_upload_refuses_with_status_problem_and_fix(data: bytes, status: int, words: str):
+    with pytest.raises(RequestError) as caught:
+        decode_upload(data, max_pixels=10_000)
+    assert caught.value.status == status and words in caught.value.problem
+    assert set(caught.value.body()) == {"error", "fix"} and caught.value.fix
+
+
+def test_decode_upload_reads_every_supported_format():
+    for fmt in ("PNG", "JPEG", "WEBP", "TIFF", "BMP"):
+        image = decode_upload(encoded(RGB, fmt), max_pixels=10_000)
+        assert image.size == (32, 24) and image.format == fmt
+
+
+def test_encode_image_keeps_alpha_and_16_bit_where_the_format_can():
+    rgba = RGB.copy()
+    rgba.putalpha(128)
+    png = encode_image(rgba, "png")
+    assert png.media_type == "image/png" and not png.notes
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.data))), np.asarray(rgba))
+
+    gray16 = Image.fromarray(np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80)
+    back = Image.open(io.BytesIO(encode_image(gray16, "png").data))
+    assert np.array_equal(np.asarray(back), np.asarray(gray16))
+
+    jpeg = encode_image(rgba, "jpeg", quality=90)
+    assert jpeg.media_type == "image/jpeg" and jpeg.notes == ("alpha flattened onto white",)
+    assert Image.open(io.BytesIO(jpeg.data)).mode == "RGB"
+    webp = encode_image(gray16, "webp")
+    assert webp.notes == ("16-bit reduced to 8-bit",) and Image.open(io.BytesIO(webp.data)).format == "WEBP"
+    assert Image.open(io.BytesIO(encode_image(rgba, "webp").data)).mode == "RGBA"
+
+
+def test_check_batch_converts_and_names_the_bad_image():
+    ok = check_batch([np.full((2, 3, 3), 7, dtype=np.int64), np.zeros((1, 1, 3), np.uint8)], 4, 100)
+    assert [a.dtype for a in ok] == [np.uint8, np.uint8] and ok[0][0, 0, 0] == 7
+    cases = [
+        ([], "no images"),
+        ([np.zeros((2, 2, 3), np.uint8)] * 5, "limit of 4"),
+        ([np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.uint8)], "image 1 has shape (2, 2)"),
+        ([np.full((2, 2, 3), 256)], "256..256"),
+        ([np.full((2, 2, 3), 0.5)], "float64"),
+        ([np.zeros((10, 11, 3), np.uint8)], "more than 100 pixels"),
+    ]
+    for images, words in cases:
+        with pytest.raises(ValueError, match=None) as caught:
+            check_batch(images, 4, 100)
+        assert words in str(caught.value), (words, caught.value)
+
+
+def test_enhance_uint8_batch_keeps_order_and_matches_single_images():
+    from gan_enhance.inference import Enhancer
+    from gan_enhance.models.artifact import ModelCard
+
+    torch.manual_seed(0)
+    card = ModelCard(arch="srvgg", arch_kwargs={"num_feat": 8, "num_conv": 2}, task="sr", scale=2)
+    enhancer = Enhancer(card.build_network(), card, "cpu", tile=16, tile_pad=4)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(20, 20, 3), (9, 13, 3), (20, 20, 3)]]
+    out = enhance_uint8_batch(enhancer, images)
+    assert [o.shape for o in out] == [(40, 40, 3), (18, 26, 3), (40, 40, 3)]
+    for got, image in zip(out, images, strict=True):
+        assert np.abs(got.astype(int) - enhancer.enhance_array(image).astype(int)).max() <= 1
+
+
+def test_servable_refuses_models_that_need_more_than_an_image():
+    from gan_enhance.models.artifact import ModelCard
+
+    assert servable(ModelCard(arch="srvgg", arch_kwargs={}, task="sr", scale=4)) is None
+    assert "mask" in servable(ModelCard(arch="unet", arch_kwargs={}, task="inpaint", in_channels=4))
+    assert "noise" in servable(ModelCard(arch="dcgan", arch_kwargs={}, task="generate"))
+    translate = ModelCard(arch="resnet", arch_kwargs={}, task="translate")
+    assert servable(translate) is None  # image in, image out: served
+
+
+def test_bentoml_validation_errors_get_the_problem_and_a_fix():
+    raw = json.dumps(
+        {
+            "error": "1 validation error for Input",
+            "detail": [{"type": "missing", "loc": ["images"], "msg": "Field required"}],
+        }
+    ).encode()
+    body = json.loads(_add_fix(raw, "send images"))
+    assert body["error"] == "images: missing" and body["fix"] == "send images"
+    wrapped = json.dumps([{"error": "bad input"}]).encode()  # BentoML's 4xx BentoMLException body
+    assert json.loads(_add_fix(wrapped, "do this")) == {"error": "bad input", "fix": "do this"}
+    assert _add_fix(b"not json", "x") == b"not json"
