@@ -63,3 +63,13 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(dvc_repo: Path):
 
     shown = _run([dvc, "metrics", "show", "--json"], dvc_repo)
     assert "psnr" in shown
+
+    # `dvc exp run -S` edits params.yaml; the stage then validates it like any other way of setting params
+    _run(["git", "add", "-A"], dvc_repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], dvc_repo)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    bad = subprocess.run(
+        [dvc, "exp", "run", "-S", "train.gan_loss=wgan"], cwd=dvc_repo, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode != 0
+    assert "train.gan_loss" in bad.stdout + bad.stderr and "'hinge'" in bad.stdout + bad.stderr

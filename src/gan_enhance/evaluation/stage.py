@@ -215,9 +215,7 @@ def evaluate(params: Params, base: Path = Path(".")) -> dict[str, Any]:
     return result
 
 
-def _log_to_training_run(
-    params: Params, base: Path, run_id: str | None, result: dict[str, Any], out: Path
-) -> None:
+def _log_to_training_run(params: Params, base: Path, run_id: str | None, result: dict[str, Any], out: Path) -> None:
     if not (params.tracking.enabled and run_id):
         return
     import mlflow

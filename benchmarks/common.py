@@ -1,0 +1,77 @@
+"""What both benchmarks share: benchmark configs on top of params.yaml, and a description of the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from gan_enhance.config import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = Path(__file__).resolve().parent / "configs"
+RESULTS = REPO / "benchmarks" / "results"
+WORK = RESULTS / "work"  # prepared data, models, grids: git-ignored
+
+
+def config_names() -> list[str]:
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def config_params(
+    name: str, work: Path, extra: dict[str, Any] | None = None, params_file: Path | None = None
+) -> Params:
+    """params.yaml + benchmarks/configs/<name>.yaml + `extra`, tracking off, every output inside `work`."""
+    overrides: dict[str, Any] = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    overrides.update(
+        {
+            "tracking.enabled": False,
+            "data.prepared_dir": str(work / "prepared"),
+            "train.out_dir": str(work / "generator"),
+            "train.checkpoint_dir": str(work / "checkpoints"),
+            "train.report_dir": str(work / "train_report"),
+            **(extra or {}),
+        }
+    )
+    return load_params(params_file or REPO / "params.yaml", overrides)
+
+
+def describe_model(params: Params) -> str:
+    g = params.model.generator
+    kwargs = ", ".join(f"{k} {v}" for k, v in g.kwargs.items())
+    return f"{params.task.name}, {g.name} ({kwargs}), batch {params.train.batch_size}, patch {params.train.patch_size}"
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> dict[str, Any]:
+    """Date, CPU, torch and the current load (the machine is shared, so timings carry its noise)."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return (
+        f"{info['date']}, {info['cpu']}, {info['cpu_count']} CPU cores, torch {info['torch']} "
+        f"({info['torch_threads']} torch threads), 1-min load average {info['load_average_1m_at_start']} at start, "
+        f"{info.get('load_average_1m_at_end', '?')} at end (shared machine)"
+    )
