@@ -443,6 +443,7 @@ def test_local_sqlite_store_and_a_model_trained_without_tracking(tiny_project: P
     images = np.random.default_rng(1).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
     expected = np.stack([Enhancer.from_dir("models/generator", device="cpu").enhance_array(i) for i in images])
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     predicted = mlflow.pyfunc.load_model("models:/gan-enhance-sr-x2@champion").predict(images)
     np.testing.assert_array_equal(predicted, expected)
     from_registry = Enhancer.from_registry("gan-enhance-sr-x2", tracking_uri=uri, device="cpu")

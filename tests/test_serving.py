@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from .serving_support import bentoml_home, register_tiny_champion, serve
@@ -29,6 +30,8 @@ SERVER_ENV = {
     "GAN_ENHANCE_SERVE_MAX_BATCH_MB": "2",
     "GAN_ENHANCE_SERVE_MAX_BATCH_IMAGES": "8",
     "GAN_ENHANCE_SERVE_TIMEOUT_S": "120",
+    # one torch thread on both sides: float sums split over other thread counts can round a pixel the other way
+    "GAN_ENHANCE_SERVE_TORCH_THREADS": "1",
 }
 
 
@@ -49,12 +52,16 @@ def url(champion: dict, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def enhancer(champion: dict):
-    """The in-process reference: the same champion, loaded from the registry, with the server's tiling."""
+    """The in-process reference: the same champion, loaded from the registry, with the server's tiling and
+    torch thread count."""
     from gan_enhance.inference import Enhancer
 
-    return Enhancer.from_registry(
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(SERVER_ENV["GAN_ENHANCE_SERVE_TORCH_THREADS"]))
+    yield Enhancer.from_registry(
         champion["model_name"], "champion", champion["tracking_uri"], device="cpu", tile=TILE, tile_pad=TILE_PAD
     )
+    torch.set_num_threads(threads)
 
 
 def photo(height: int = 150, width: int = 100, seed: int = 0) -> np.ndarray:

@@ -127,11 +127,12 @@ def fetch_generator(client: MlflowClient, name: str, version: str) -> Iterator[P
     raised while the folder is in use (loading it) comes out as a RegistryError that names the version."""
     with tempfile.TemporaryDirectory(prefix="gan-enhance-") as tmp:
         try:
+            # the version's own storage URI: a `models:/` URI would be resolved against the process-wide registry
+            location = client.get_model_version_download_uri(name, version).rstrip("/")
             path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}/artifacts/{GENERATOR_ARTIFACT}",
+                artifact_uri=f"{location}/artifacts/{GENERATOR_ARTIFACT}",
                 dst_path=tmp,
                 tracking_uri=client.tracking_uri,
-                registry_uri=client.tracking_uri,
             )
         except Exception as exc:
             raise RegistryError(
