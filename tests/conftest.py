@@ -19,6 +19,24 @@ REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_restored():
+    """Code under test (flows, bento import, loaders) may point MLflow's process-wide tracking and registry URIs,
+    and their environment variables, at a test's store; each test starts from the URIs the session began with."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {key: os.environ.get(key) for key in keys}
+    yield
+    import mlflow
+
+    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def photo_crops(count: int, size: int = 96) -> list[np.ndarray]:
     """Deterministic crops of real photos shipped by scikit-image."""
     from skimage import data

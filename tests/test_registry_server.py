@@ -206,11 +206,8 @@ def test_register_logs_a_version_with_its_evidence_once(evaluated: Path, mlflow_
     run = client.get_run(version.run_id)
     assert run.data.tags["mlflow.parentRunId"] == card["mlflow_run_id"]  # nested under the training run
     assert run.data.params["train.steps"] == "12" and run.data.metrics["fid"] == model["fid"]
-    local = Path(
-        mlflow.artifacts.download_artifacts(
-            "models:/reg-evidence/1", tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url
-        )
-    )
+    mlflow.set_registry_uri(mlflow_server.url)  # MLflow resolves models:/ URIs with the process-wide registry
+    local = Path(mlflow.artifacts.download_artifacts("models:/reg-evidence/1", tracking_uri=mlflow_server.url))
     assert {p.name for p in (local / "artifacts/generator").iterdir()} == {"generator.safetensors", "card.json"}
     assert {p.name for p in (local / "artifacts/lineage").iterdir()} == {"metrics.json", "params.yaml", "dvc.lock"}
     assert (local / "model_code.py").is_file() and not list(local.rglob("*.pkl"))
@@ -293,6 +290,7 @@ def test_champion_loads_by_alias_like_the_in_process_enhancer(evaluated: Path, m
     assert not np.array_equal(expected[0], stale)  # the variants really differ
 
     mlflow.set_tracking_uri(mlflow_server.url)
+    mlflow.set_registry_uri(mlflow_server.url)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion", model_config={"device": "cpu"})
     predicted = pyfunc.predict(images)
     assert predicted.dtype == np.uint8 and predicted.shape == (2, 80, 72, 3)
