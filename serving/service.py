@@ -5,8 +5,10 @@
 the project's Enhancer (overlapping tiles, alpha kept, 16-bit grayscale kept). Request checks, decoding and encoding
 live in gan_enhance.serving_io; this file only wires them to HTTP.
 
-    POST /enhance         multipart: image (file), format (png|jpeg|webp), quality (1-100) -> the enhanced image
+    POST /enhance         multipart: image (file), mask (file; inpainting models), format (png|jpeg|webp),
+                          quality (1-100) -> the enhanced image
     POST /enhance_batch   JSON {"images": [H x W x 3 uint8, ...]} -> {"images"-like list}, adaptive batching
+    POST /generate        JSON {"n": 8, "seed": 0} -> n seeded samples (generation models)
     GET  /model           registered name, version, alias, task, scale, metrics, serving settings
     GET  /livez, /readyz  liveness; readiness (model loaded and warmed up)   GET /  Swagger UI
 
@@ -39,6 +41,8 @@ from gan_enhance.serving_io import (
     RequestGuard,
     ServeSettings,
     check_batch,
+    check_request_kind,
+    decode_mask,
     decode_upload,
     describe_model,
     encode_image,
@@ -46,7 +50,6 @@ from gan_enhance.serving_io import (
     generator_dir,
     guard_routes,
     model_config,
-    servable,
 )
 
 disable_telemetry()
@@ -65,7 +68,8 @@ Images = Annotated[
 @bentoml.asgi_app(info_app, path="/")
 @bentoml.service(
     name="gan_enhance",
-    description="GAN image enhancement (super-resolution, denoising) with the MLflow champion model.",
+    description="GAN image enhancement (super-resolution, denoising, inpainting, translation, generation) with the "
+    "MLflow champion model.",
     traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency},
     workers=1,  # one model copy per container; scale out with replicas
 )
@@ -85,9 +89,6 @@ class EnhanceService:
         tile = SETTINGS.tile if SETTINGS.tile is not None else int(registered.get("tile", 256))
         tile_pad = SETTINGS.tile_pad if SETTINGS.tile_pad is not None else int(registered.get("tile_pad", 16))
         self.enhancer = Enhancer.from_dir(generator_dir(path), device=SETTINGS.device, tile=tile, tile_pad=tile_pad)
-        problem = servable(self.enhancer.card)
-        if problem:
-            raise RuntimeError(f"cannot serve {self.bento_model.tag}: {problem}")
         info = self.bento_model.info
         serving = {
             "device": str(self.enhancer.device),
@@ -102,8 +103,15 @@ class EnhanceService:
         }
         self.description = describe_model(info.labels, info.metadata, self.enhancer.card, str(info.tag), serving)
         self.model_header = f"{self.description['registered_model']}/{self.description['version']}"
-        self.enhancer.enhance_array(np.zeros((16, 16, 3), np.uint8))  # warm-up before /readyz says yes
+        self._warm_up()  # before /readyz says yes
         self.ready = True
+
+    def _warm_up(self) -> None:
+        if self.enhancer.card.inputs == "latent":
+            self.enhancer.sample(1)
+            return
+        mask = np.zeros((16, 16), bool) if self.enhancer.takes_mask else None
+        self.enhancer.enhance_array(np.zeros((16, 16, 3), np.uint8), mask=mask)
 
     def __is_ready__(self) -> bool:
         return self.ready
@@ -117,25 +125,42 @@ class EnhanceService:
     async def enhance(
         self,
         image: Path,
+        # not `Path | None`: BentoML 1.4 makes only plain Path fields accept uploads (the default stays None)
+        mask: Path = None,  # type: ignore[assignment]  # noqa: RUF013
         format: OutputFormat = "png",
         quality: Annotated[int, Field(ge=1, le=100)] = 95,
     ) -> Image.Image:
-        """Enhance one image (PNG, JPEG, WebP, TIFF or BMP). Returns PNG unless `format` asks for JPEG or WebP;
-        alpha and 16-bit grayscale survive in PNG."""
+        """Enhance one image (PNG, JPEG, WebP, TIFF or BMP). Inpainting models also need `mask`, an image of the
+        same size, white where to fill in. Returns PNG unless `format` asks for JPEG or WebP; alpha and 16-bit
+        grayscale survive in PNG."""
         try:
-            return await anyio.to_thread.run_sync(self._enhance_file, image, format, quality, limiter=self.codec)
+            check_request_kind(self.enhancer.card, "/enhance", mask_sent=mask is not None)
+            return await anyio.to_thread.run_sync(self._enhance_file, image, mask, format, quality, limiter=self.codec)
         except RequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)  # type: ignore[return-value]
 
-    def _enhance_file(self, image: Path, fmt: str, quality: int) -> Response:
+    def _enhance_file(self, image: Path, mask: Path | None, fmt: str, quality: int) -> Response:
         picture = decode_upload(image.read_bytes(), SETTINGS.max_pixels)
+        holes = None if mask is None else decode_mask(mask.read_bytes(), picture, SETTINGS.max_pixels)
         with self.compute:
-            result = self.enhancer.enhance_image(picture)
+            result = self.enhancer.enhance_image(picture, mask=holes)
         encoded = encode_image(result, fmt, quality, SETTINGS.png_compress_level)
         headers = {"X-Model": self.model_header}
         if encoded.notes:
             headers["X-Conversions"] = "; ".join(encoded.notes)
         return Response(encoded.data, media_type=encoded.media_type, headers=headers)
+
+    @bentoml.api(route="/generate")
+    def generate(
+        self, n: Annotated[int, Field(ge=1, le=SETTINGS.max_samples)] = 8, seed: Annotated[int, Field(ge=0)] = 0
+    ) -> list[Annotated[np.ndarray, DType("uint8")]]:
+        """n samples (S x S x 3 uint8) from a generation model; sample i depends only on (seed, i)."""
+        try:
+            check_request_kind(self.enhancer.card, "/generate")
+        except RequestError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)  # type: ignore[return-value]
+        with self.compute:
+            return list(self.enhancer.sample(n, seed=seed))
 
     @bentoml.api(
         route="/enhance_batch",
@@ -146,6 +171,10 @@ class EnhanceService:
     def enhance_batch(self, images: Images) -> list[Annotated[np.ndarray, DType("uint8")]]:
         """Enhance uint8 RGB arrays (H x W x 3, sizes may differ). Concurrent requests are batched adaptively;
         images of the same size share forward passes."""
+        try:
+            check_request_kind(self.enhancer.card, "/enhance_batch")
+        except RequestError as exc:
+            raise bentoml.exceptions.InvalidArgument(f"{exc.problem}; {exc.fix}") from None
         with self.compute:
             return enhance_uint8_batch(self.enhancer, images)
 

@@ -52,8 +52,15 @@ def register_champion(root: Path, tree: dict[str, Any], weights: Path | None = N
     else:
         task, generator = build_task(params.task), params.model.generator
         torch.manual_seed(0)
-        card = ModelCard(arch=generator.name, arch_kwargs=dict(generator.kwargs), task=task.name, scale=task.scale)
-        save_generator(card.build_network(), card, model_dir)
+        card = ModelCard(
+            arch=generator.name,
+            arch_kwargs=dict(generator.kwargs),
+            **task.card_fields(),
+            task_params=task.card_params(),
+        )
+        net = card.build_network()
+        card.latent_dim = getattr(net, "latent_dim", None)
+        save_generator(net, card, model_dir)
     metrics = {
         "model": {
             "fid": 50.0,

@@ -124,15 +124,3 @@ def test_register_without_tracking_writes_a_record_and_registers_nothing(tmp_pat
     record = json.loads((tmp_path / "reports/register/registration.json").read_text())
     assert record == {"model_name": "gan-enhance-sr-x4", "version": None, "reason": result.reason}
     assert not (tmp_path / "mlflow.db").exists()
-
-
-def test_register_skips_models_that_take_more_than_an_image(tmp_path: Path):
-    from gan_enhance.lifecycle.register import register
-
-    model = tmp_path / "models/generator"
-    model.mkdir(parents=True)
-    card = {"arch": "unet", "arch_kwargs": {}, "task": "inpaint", "in_channels": 4, "inputs": "image+mask"}
-    (model / "card.json").write_text(json.dumps(card))
-    result = register(load_params(None), base=tmp_path)
-    assert result.status == "skipped" and "'inpaint' models take image+mask" in result.reason
-    assert json.loads((tmp_path / "reports/register/registration.json").read_text())["version"] is None

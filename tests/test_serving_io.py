@@ -16,10 +16,11 @@ from gan_enhance.serving_io import (
     SettingsError,
     _add_fix,
     check_batch,
+    check_request_kind,
+    decode_mask,
     decode_upload,
     encode_image,
     enhance_uint8_batch,
-    servable,
 )
 
 
@@ -121,14 +122,37 @@ def test_enhance_uint8_batch_keeps_order_and_matches_single_images():
         assert np.abs(got.astype(int) - enhancer.enhance_array(image).astype(int)).max() <= 1
 
 
-def test_servable_refuses_models_that_need_more_than_an_image():
+def test_each_api_fits_only_the_models_it_serves():
     from gan_enhance.models.artifact import ModelCard
 
-    assert servable(ModelCard(arch="srvgg", arch_kwargs={}, task="sr", scale=4)) is None
-    assert "mask" in servable(ModelCard(arch="unet", arch_kwargs={}, task="inpaint", in_channels=4))
-    assert "noise" in servable(ModelCard(arch="dcgan", arch_kwargs={}, task="generate"))
-    translate = ModelCard(arch="resnet", arch_kwargs={}, task="translate")
-    assert servable(translate) is None  # image in, image out: served
+    sr = ModelCard(arch="srvgg", arch_kwargs={}, task="sr", scale=4)
+    inpaint = ModelCard(arch="gated_unet", arch_kwargs={}, task="inpaint", in_channels=4, inputs="image+mask")
+    generate = ModelCard(arch="dcgan", arch_kwargs={}, task="generate", inputs="latent", latent_dim=8)
+    for card, api, mask in [(sr, "/enhance", False), (sr, "/enhance_batch", False), (inpaint, "/enhance", True)]:
+        check_request_kind(card, api, mask_sent=mask)
+    check_request_kind(generate, "/generate")
+    refused = [
+        (sr, "/enhance", True, "takes no mask"),
+        (sr, "/generate", False, "does not sample"),
+        (inpaint, "/enhance", False, "field 'mask' is missing"),
+        (inpaint, "/enhance_batch", False, "needs a mask"),
+        (generate, "/enhance", False, "makes images from noise"),
+    ]
+    for card, api, mask, words in refused:
+        with pytest.raises(RequestError, match=words) as caught:
+            check_request_kind(card, api, mask_sent=mask)
+        assert caught.value.status == 400 and caught.value.fix
+
+
+def test_a_mask_of_another_size_is_refused():
+    image = Image.new("RGB", (20, 10))
+    buffer = io.BytesIO()
+    Image.new("L", (10, 20), 255).save(buffer, "PNG")
+    with pytest.raises(RequestError, match="the mask is 10x20 but the image is 20x10"):
+        decode_mask(buffer.getvalue(), image, max_pixels=1000)
+    buffer = io.BytesIO()
+    Image.new("L", (20, 10), 255).save(buffer, "PNG")
+    assert decode_mask(buffer.getvalue(), image, max_pixels=1000).size == (20, 10)
 
 
 def test_bentoml_validation_errors_get_the_problem_and_a_fix():

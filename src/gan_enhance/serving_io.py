@@ -35,9 +35,14 @@ OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
     "webp": ("WEBP", "image/webp"),
 }
 OutputFormat = Literal["png", "jpeg", "jpg", "webp"]
-ENHANCE_FIELDS = {"image": "file", "format": "text", "quality": "text"}
+ENHANCE_FIELDS = {"image": "file", "mask": "file", "format": "text", "quality": "text"}
 SUPPORTED = "PNG, JPEG, WebP, TIFF or BMP"
 CURL_HINT = "e.g. curl -F image=@photo.png -F format=png http://127.0.0.1:3000/enhance -o out.png"
+MASK_HINT = (
+    "send field 'mask': an image of the same size, white (gray > 127) where to fill in; "
+    "e.g. curl -F image=@photo.png -F mask=@holes.png http://127.0.0.1:3000/enhance -o filled.png"
+)
+GENERATE_HINT = 'send JSON {"n": 8, "seed": 0}: n samples (1 to the limit), the same seed gives the same samples'
 BATCH_HINT = (
     'send JSON {"images": [image, ...]} where each image is an H x W x 3 nested list of integers 0-255 '
     "(uint8 RGB); see the schema at /docs.json"
@@ -69,6 +74,7 @@ class ServeSettings(BaseModel):
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for PNG output (1: fast)")
     threads: int = Field(1, gt=0, description="requests computed at once (each with its own activations)")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None = torch's choice")
+    max_samples: int = Field(64, gt=0, description="most samples one /generate request may ask for")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
@@ -242,17 +248,32 @@ def model_config(model_path: Path) -> dict[str, Any]:
     return dict(flavors.get("python_function", {}).get("config") or {})
 
 
-def servable(card: ModelCard) -> str | None:
-    """Why the service cannot serve a model (None when it can): it takes one RGB image per request."""
-    inputs = getattr(card, "inputs", "image")
-    if inputs == "latent" or card.task == "generate":
-        return f"task '{card.task}' makes images from noise; the service enhances uploaded images"
-    if inputs != "image" or card.in_channels != 3:
-        return (
-            f"task '{card.task}' takes {inputs} ({card.in_channels} channels); the service takes one RGB image "
-            "(a mask field for inpainting is not served yet)"
+def check_request_kind(card: ModelCard, api: str, mask_sent: bool = False) -> None:
+    """RequestError (400) when `api` does not fit the served model: /enhance and /enhance_batch take images
+    (inpainting models: /enhance with a mask), /generate is for models that make images from noise."""
+    if card.inputs == "latent" and api != "/generate":
+        raise RequestError(
+            400, f"the served '{card.task}' model makes images from noise; it enhances no uploads", GENERATE_HINT
         )
-    return None
+    if card.inputs != "latent" and api == "/generate":
+        raise RequestError(
+            400, f"the served '{card.task}' model enhances images; it does not sample", f"POST /enhance; {CURL_HINT}"
+        )
+    if card.inputs == "image+mask" and api == "/enhance" and not mask_sent:
+        raise RequestError(400, "field 'mask' is missing: the served inpainting model fills in a mask", MASK_HINT)
+    if card.inputs == "image+mask" and api == "/enhance_batch":
+        raise RequestError(400, "the served inpainting model needs a mask per image", f"POST /enhance; {MASK_HINT}")
+    if card.inputs != "image+mask" and mask_sent:
+        raise RequestError(400, f"the served '{card.task}' model takes no mask", f"leave out field 'mask'; {CURL_HINT}")
+
+
+def decode_mask(data: bytes, image: Image.Image, max_pixels: int) -> Image.Image:
+    """An uploaded mask (white = fill in) -> a loaded image of the image's size, or RequestError naming the problem."""
+    mask = decode_upload(data, max_pixels, field_name="mask")
+    if mask.size != image.size:
+        (mw, mh), (iw, ih) = mask.size, image.size
+        raise RequestError(400, f"the mask is {mw}x{mh} but the image is {iw}x{ih}", MASK_HINT)
+    return mask
 
 
 def describe_model(
@@ -469,4 +490,5 @@ def guard_routes(settings: ServeSettings) -> dict[str, Route]:
             content_types=("application/json",),
             fix=BATCH_HINT,
         ),
+        "/generate": Route(max_bytes=4096, content_types=("application/json",), fix=GENERATE_HINT),
     }

@@ -2,8 +2,11 @@
 
 A version is logged as a "model from code" (model_code.py): MLflow runs that file when it loads the version,
 and `load_context` rebuilds the generator from the `generator` artifact (generator.safetensors + card.json);
-nothing is unpickled. `predict` takes a batch of equal-sized RGB images, N x H x W x 3 uint8, and returns
-N x sH x sW x 3 uint8. Device and tiling come from the model config, which a consumer can override:
+nothing is unpickled. `predict` takes what the generator takes, as the signature says:
+- image models: a batch of equal-sized RGB images, N x H x W x 3 uint8 -> N x sH x sW x 3 uint8;
+- inpainting (image+mask): N x H x W x 4 uint8, RGB plus the hole mask (nonzero = fill in) -> N x H x W x 3 uint8;
+- generation (latent): N int64 seeds -> N x S x S x 3 uint8, sample i drawn from seed i (`Enhancer.sample`).
+Device and tiling come from the model config, which a consumer can override:
 `mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})`.
 """
 
@@ -21,13 +24,28 @@ LINEAGE_ARTIFACT = "lineage"  # artifacts/lineage/: metrics.json, params.yaml, d
 DEFAULT_CONFIG: dict[str, Any] = {"device": "auto", "tile": 256, "tile_pad": 16}
 
 _IMAGES = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
-SIGNATURE = ModelSignature(inputs=Schema([_IMAGES]), outputs=Schema([_IMAGES]))
+_INPUTS = {
+    "image": _IMAGES,
+    "image+mask": TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 4)),
+    "latent": TensorSpec(np.dtype(np.int64), (-1,)),
+}
 
 
-def input_example(side: int = 16) -> np.ndarray:
-    """One small uint8 RGB image, as a batch of one."""
-    ramp = np.linspace(0, 255, side * side * 3).reshape(1, side, side, 3)
-    return ramp.astype(np.uint8)
+def signature(inputs: str) -> ModelSignature:
+    """The signature of a version whose generator takes `inputs` (a model card's `inputs`)."""
+    return ModelSignature(inputs=Schema([_INPUTS[inputs]]), outputs=Schema([_IMAGES]))
+
+
+def input_example(inputs: str = "image", side: int = 16) -> np.ndarray:
+    """A batch of one: a small uint8 image (with a square hole in the mask channel for inpainting), or a seed."""
+    if inputs == "latent":
+        return np.array([0], dtype=np.int64)
+    ramp = np.linspace(0, 255, side * side * 3).reshape(1, side, side, 3).astype(np.uint8)
+    if inputs == "image+mask":
+        mask = np.zeros((1, side, side, 1), np.uint8)
+        mask[:, side // 4 : side // 2, side // 4 : side // 2] = 255
+        return np.concatenate([ramp, mask], axis=3)
+    return ramp
 
 
 class EnhancerModel(PythonModel):
@@ -47,4 +65,11 @@ class EnhancerModel(PythonModel):
     def predict(
         self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None
     ) -> np.ndarray:
+        inputs = self.enhancer.card.inputs
+        if inputs == "latent":
+            return np.stack([self.enhancer.sample(1, seed=int(seed))[0] for seed in np.asarray(model_input).ravel()])
+        if inputs == "image+mask":
+            return np.stack(
+                [self.enhancer.enhance_array(np.ascontiguousarray(x[..., :3]), mask=x[..., 3]) for x in model_input]
+            )
         return np.stack([self.enhancer.enhance_array(np.ascontiguousarray(image)) for image in model_input])

@@ -53,8 +53,7 @@ RUNTIME_PACKAGES = ("torch", "numpy", "safetensors", "pillow")
 
 @dataclass(frozen=True)
 class Registration:
-    """What the stage did: 'registered' a new version, found the model 'unchanged', or 'skipped' (tracking off,
-    or a model the pyfunc wrapper cannot take yet)."""
+    """What the stage did: 'registered' a new version, found the model 'unchanged', or 'skipped' (tracking off)."""
 
     status: Literal["registered", "unchanged", "skipped"]
     model_name: str
@@ -226,8 +225,8 @@ def _log_model(client: MlflowClient, evidence: Evidence, params: Params, base: P
                 pyfunc_model.LINEAGE_ARTIFACT: str(staged["lineage"]),
             },
             code_paths=[str(staged["code"])],
-            signature=pyfunc_model.SIGNATURE,
-            input_example=pyfunc_model.input_example(),
+            signature=pyfunc_model.signature(evidence.card.inputs),
+            input_example=pyfunc_model.input_example(evidence.card.inputs),
             model_config={
                 **pyfunc_model.DEFAULT_CONFIG,
                 "tile": params.evaluate.tile,
@@ -282,15 +281,8 @@ def register(params: Params, base: Path = Path(".")) -> Registration:
     """The register stage; writes params.registry.record and returns what it did."""
     name = registered_model_name(params)
     record_path = base / params.registry.record
-    reason = None
     if not params.tracking.enabled:
         reason = "tracking.enabled is false, so there is no MLflow registry to register in"
-    else:
-        card = load_card(base / params.train.out_dir)
-        inputs = getattr(card, "inputs", "image")  # inpainting cards say image+mask, generation cards latent
-        if inputs != "image":
-            reason = f"'{card.task}' models take {inputs}; the registered pyfunc model takes RGB image batches only"
-    if reason:
         write_record(record_path, {"model_name": name, "version": None, "reason": reason})
         return Registration("skipped", name, reason=reason)
     evidence = gather_evidence(params, base)
