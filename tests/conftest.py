@@ -37,15 +37,16 @@ def _mlflow_uris_restored():
             os.environ[key] = value
 
 
-def photo_crops(count: int, size: int = 96) -> list[np.ndarray]:
-    """Deterministic crops of real photos shipped by scikit-image."""
+def photo_crops(count: int, size: int = 96, pairs: bool = False) -> list[np.ndarray]:
+    """Deterministic crops of real photos shipped by scikit-image, cycling through the photos one crop at a time
+    (or two: `pairs`)."""
     from skimage import data
 
     sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
     crops = []
     rng = np.random.default_rng(0)
     while len(crops) < count:
-        image = sources[len(crops) % len(sources)]
+        image = sources[(len(crops) // (2 if pairs else 1)) % len(sources)]
         top = rng.integers(0, image.shape[0] - size)
         left = rng.integers(0, image.shape[1] - size)
         crops.append(np.ascontiguousarray(image[top : top + size, left : left + size]))

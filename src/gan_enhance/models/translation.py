@@ -3,6 +3,8 @@
 InstanceNorm, as in the paper, would make every tile of a large image use its own statistics (seams); without it
 the Enhancer's tiled output equals the whole-image one wherever the receptive field fits in the tile padding.
 A global skip (output = input + residual, last layer scaled down) starts training near the identity mapping.
+Leaky ReLUs: with plain ReLUs and no normalisation, the last hidden layer died within a few hundred steps,
+freezing the generator at the identity.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect"),
-            nn.ReLU(inplace=True),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect"),
         )
 
@@ -38,18 +40,18 @@ class ResnetTranslator(nn.Module):
         f = num_feat
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, f, 7, padding=3, padding_mode="reflect"),
-            nn.ReLU(inplace=True),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(f, 2 * f, 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(2 * f, 4 * f, 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
+            nn.LeakyReLU(0.2, inplace=True),
             *(ResidualBlock(4 * f) for _ in range(num_blocks)),
             nn.Upsample(scale_factor=2, mode="nearest"),
             nn.Conv2d(4 * f, 2 * f, 3, padding=1),
-            nn.ReLU(inplace=True),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Upsample(scale_factor=2, mode="nearest"),
             nn.Conv2d(2 * f, f, 3, padding=1),
-            nn.ReLU(inplace=True),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(f, in_channels, 7, padding=3, padding_mode="reflect"),
         )
         with torch.no_grad():  # near the identity, but the body gets gradients from the first step
