@@ -76,7 +76,7 @@ def _pipeline(overrides: dict) -> tuple[dict, dict]:
     assert Path("reports/eval/comparison.png").is_file() and Path("reports/eval/per_image.csv").is_file()
     registration = register(params)
     assert registration.status == "registered" and registration.version == "1"
-    client = mlflow.MlflowClient(params.tracking.uri)
+    client = mlflow.MlflowClient(params.tracking.uri, registry_uri=params.tracking.uri)
     version = client.get_model_version(registration.model_name, "1")
     assert version.tags["task"] == params.task.name
     return metrics, {"name": registration.model_name}

@@ -108,7 +108,8 @@ def test_model_health_and_docs(url: str, champion: dict):
     from mlflow import MlflowClient
 
     info = httpx.get(f"{url}/model").json()
-    version = MlflowClient(champion["tracking_uri"]).get_model_version_by_alias(champion["model_name"], "champion")
+    client = MlflowClient(champion["tracking_uri"], registry_uri=champion["tracking_uri"])
+    version = client.get_model_version_by_alias(champion["model_name"], "champion")
     assert (info["registered_model"], info["version"], info["alias"]) == (
         champion["model_name"],
         str(version.version),

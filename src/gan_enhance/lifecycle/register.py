@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -49,6 +50,9 @@ DVC_LOCK = Path("dvc.lock")
 MODEL_CODE = Path(pyfunc_model.__file__).with_name("model_code.py")
 DESCRIBED = (("fid", "FID {:.2f}"), ("psnr", "PSNR {:.2f} dB"), ("ssim", "SSIM {:.4f}"))  # those a task measures
 RUNTIME_PACKAGES = ("torch", "numpy", "safetensors", "pillow")
+
+
+ALIAS_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -266,7 +270,16 @@ def _make_challenger(client: MlflowClient, name: str, version: ModelVersion) -> 
     except RegistryError as exc:
         client.set_model_version_tag(name, version.version, "artifact_check", "failed")
         raise RegistryError(f"{exc}; the alias '{CHALLENGER}' stays where it was") from exc
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    for attempt in range(ALIAS_ATTEMPTS):
+        try:
+            client.set_registered_model_alias(name, CHALLENGER, version.version)
+            return
+        except MlflowException:
+            # two registrations setting the alias at once: the registry's insert of one of them hits the other's
+            # row (a unique-constraint error); the next attempt updates that row instead
+            if attempt == ALIAS_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
