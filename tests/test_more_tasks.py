@@ -3,11 +3,14 @@ the Enhancer's mask and sample paths, the image pool, hole metrics."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gan_enhance.config import ParamsError, TaskParams, load_params
 from gan_enhance.data.domains import WARM_FILM, demonstration_domains, warm_film
@@ -244,3 +247,41 @@ def test_hole_metrics_look_only_inside_the_holes():
     assert psnr < 15 and ssim < 0.5
     with pytest.raises(ValueError, match="no hole pixels"):
         hole_psnr_ssim(target, target, np.zeros((64, 64), bool))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gan_enhance.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_enhance_takes_masks_and_sample_writes_seeded_samples(tmp_path: Path):
+    inpainter, generator = tmp_path / "inpaint", tmp_path / "generate"
+    for folder, spec in ((inpainter, INPAINT), (generator, GENERATE)):
+        card = _card(spec)
+        save_generator(_trained_like(card), card, folder)
+    inputs, masks = tmp_path / "in", tmp_path / "masks"
+    inputs.mkdir()
+    masks.mkdir()
+    rgb = photo_crops(1, size=64)[0]
+    hole = random_mask(64, 64, np.random.default_rng(2), (0.2, 0.3))
+    Image.fromarray(rgb).save(inputs / "a.png")
+    Image.fromarray(rgb).save(inputs / "b.png")  # no mask: skipped, named
+    Image.fromarray(hole.astype(np.uint8) * 255).save(masks / "a.bmp")
+
+    missing = _cli("enhance", str(inputs), "-m", str(inpainter), "-o", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "pass --masks DIR" in missing.stderr
+    result = _cli("enhance", str(inputs), "-m", str(inpainter), "--masks", str(masks), "-o", str(tmp_path / "out"))
+    assert result.returncode == 1 and "b.png: no mask named b.*" in result.stderr, result.stderr
+    out = np.asarray(Image.open(tmp_path / "out/a.png"))
+    expected = Enhancer.from_dir(inpainter, device="cpu").enhance_image(
+        Image.fromarray(rgb), Image.open(masks / "a.bmp")
+    )
+    np.testing.assert_array_equal(out, np.asarray(expected))
+    assert np.array_equal(out[~hole], rgb[~hole])
+
+    assert "use `gan-enhance sample" in _cli("enhance", str(inputs), "-m", str(generator)).stderr
+    result = _cli("sample", "-n", "5", "--seed", "7", "-m", str(generator), "-o", str(tmp_path / "samples"))
+    assert result.returncode == 0, result.stderr
+    written = np.stack([np.asarray(Image.open(tmp_path / f"samples/sample_{i:03d}.png")) for i in range(5)])
+    np.testing.assert_array_equal(written, Enhancer.from_dir(generator, device="cpu").sample(5, seed=7))
+    assert (tmp_path / "samples/grid.png").is_file()
+    assert "not a generation model" in _cli("sample", "-m", str(inpainter)).stderr

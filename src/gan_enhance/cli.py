@@ -163,8 +163,15 @@ def enhance(
     tile_pad: Annotated[int, typer.Option(help="Context around each tile, in input pixels.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     max_pixels: Annotated[int, typer.Option(help="Refuse inputs with more pixels.")] = 50_000_000,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Inpainting models: a folder of masks named like the inputs (any image format), white = fill in."
+        ),
+    ] = None,
 ) -> None:
-    """Enhance images with a trained model; outputs are PNGs named after the inputs."""
+    """Enhance images with a trained model; outputs are PNGs named after the inputs. Inpainting models fill in
+    the white pixels of each input's mask (--masks); generation models use `gan-enhance sample`."""
     from tqdm import tqdm
 
     from gan_enhance.data.image_io import SUPPORTED_SUFFIXES, ImageError, open_image
@@ -182,19 +189,65 @@ def enhance(
     if not files:
         _fail("no images found in the given inputs (PNG, JPEG, WebP, TIFF, BMP)")
     enhancer = Enhancer.from_dir(model, device=device, tile=tile, tile_pad=tile_pad)
+    if enhancer.card.inputs == "latent":
+        _fail(f"{model} is a generation model: it makes images from noise; use `gan-enhance sample -m {model}`")
+    if enhancer.takes_mask and masks is None:
+        _fail(f"{model} is an inpainting model: pass --masks DIR, masks named like the inputs, white = fill in")
+    if masks is not None and not enhancer.takes_mask:
+        _fail(f"{model} is a '{enhancer.card.task}' model and takes no masks; leave out --masks")
+    if masks is not None and not masks.is_dir():
+        _fail(f"--masks '{masks}' is not a folder; give the folder that holds the masks")
+    mask_files = {} if masks is None else {p.stem: p for p in masks.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES}
     output.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in tqdm(files, desc="enhance", unit="img", disable=None):
         try:
             image = open_image(path, max_pixels)
-        except ImageError as exc:
+            mask = None
+            if enhancer.takes_mask:
+                if path.stem not in mask_files:
+                    raise ImageError(f"{path.name}: no mask named {path.stem}.* in {masks}")
+                mask = open_image(mask_files[path.stem], max_pixels)
+            result = enhancer.enhance_image(image, mask=mask)
+        except (ImageError, ValueError) as exc:
             failed += 1
             typer.secho(f"skipped: {exc}", fg=typer.colors.YELLOW, err=True)
             continue
-        enhancer.enhance_image(image).save(output / f"{path.stem}.png")
+        result.save(output / f"{path.stem}.png")
     typer.echo(f"enhanced {len(files) - failed} of {len(files)} images into {output}")
     if failed:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def sample(
+    n: Annotated[int, typer.Option("-n", min=1, help="How many samples.")] = 16,
+    seed: Annotated[int, typer.Option(min=0, help="Sample i depends only on (seed, i).")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("samples"),
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder (card.json + safetensors).")] = Path(
+        "models/generator"
+    ),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Generation models: n seeded samples as PNGs (sample_000.png, ...) and grid.png."""
+    import math
+
+    from PIL import Image
+
+    from gan_enhance.inference import Enhancer
+    from gan_enhance.visual import image_grid
+
+    disable_telemetry()
+    enhancer = Enhancer.from_dir(model, device=device)
+    if enhancer.card.inputs != "latent":
+        _fail(f"{model} is a '{enhancer.card.task}' model, not a generation model; use `gan-enhance enhance`")
+    images = enhancer.sample(n, seed=seed)
+    output.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(output / f"sample_{i:03d}.png")
+    side = math.ceil(math.sqrt(n))
+    image_grid([list(images[i : i + side]) for i in range(0, n, side)]).save(output / "grid.png")
+    typer.echo(f"{n} samples (seed {seed}) and grid.png in {output}")
 
 
 def main() -> None:
