@@ -427,11 +427,13 @@ def bento_for_champion(repo: Path, enabled: bool, timeout_s: float) -> dict[str,
         reason = f"serving is not installed ({', '.join(missing) or 'serving/bentofile.yaml'} missing)"
         _log(f"bento skipped: {reason}")
         return {"status": "skipped", "reason": reason}
+    from gan_enhance.bento import CONTAINERFILE_PROBLEMS
+
     env = command_env({"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(repo / "bentoml_home"))})
     command = [sys.executable, "-m", "gan_enhance.bento", "--params", PARAMS_FILE, "--out", BENTO_OUT]
     code, tail = run_command(command, repo, timeout_s, _logger(), env)
     text = "\n".join(tail)
-    if code not in (0, 1):
+    if code not in (0, CONTAINERFILE_PROBLEMS):
         errors = [line for line in tail if line.startswith("error:")]
         reason = errors[-1] if errors else " | ".join(tail[-3:])
         raise StepError(f"`python -m gan_enhance.bento` exited with {code}: {reason}", transient=code != 2)

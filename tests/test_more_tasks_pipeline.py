@@ -1,5 +1,5 @@
-"""Inpainting, translation and generation end to end (prepare -> train -> evaluate -> register) on short CPU runs
-with fixed seeds, each against its baseline; and exact resume for the CycleGAN and DCGAN trainers."""
+"""Inpainting, translation and generation end to end (prepare -> train -> evaluate -> register -> promote) on
+short CPU runs with fixed seeds, each against its baseline; and exact resume for the CycleGAN and DCGAN trainers."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from gan_enhance.config import load_params
 from gan_enhance.data.prepare import prepare_stage
 from gan_enhance.evaluation.stage import evaluate
 from gan_enhance.inference import Enhancer
+from gan_enhance.lifecycle.promotion import promote
 from gan_enhance.lifecycle.register import register
 from gan_enhance.training.checkpoint import list_checkpoints
 from gan_enhance.training.trainer import train
@@ -79,6 +80,7 @@ def _pipeline(overrides: dict) -> tuple[dict, dict]:
     client = mlflow.MlflowClient(params.tracking.uri, registry_uri=params.tracking.uri)
     version = client.get_model_version(registration.model_name, "1")
     assert version.tags["task"] == params.task.name
+    assert promote(params).verdict == "promoted"  # first champion; translation/generation have no PSNR guard
     return metrics, {"name": registration.model_name}
 
 

@@ -61,6 +61,18 @@ def test_missing_metric_is_refused():
     assert not decision.promote and "no metric 'fid'" in decision.reason
 
 
+def test_tasks_without_the_guard_metric_are_judged_on_the_primary_alone():
+    """Translation and generation report FID/KID only: no PSNR guard applies, but one-sided guards do not compare."""
+    first = decide(Candidate("1", {"fid": 80.0, "kid": 0.02}, PROTOCOL), None, POLICY)
+    assert first.promote and "no 'psnr' in this task's evaluation" in first.reason
+    champion = Candidate("1", {"fid": 80.0, "kid": 0.02}, PROTOCOL)
+    better = decide(Candidate("2", {"fid": 70.0, "kid": 0.03}, PROTOCOL), champion, POLICY)
+    assert better.promote and "so no guard" in better.reason
+    assert not decide(Candidate("3", {"fid": 90.0}, PROTOCOL), champion, POLICY).promote
+    one_sided = decide(_candidate("4", 70.0, 30.0), champion, POLICY)
+    assert not one_sided.promote and "version 4 carries 'psnr' but version 1 does not" in one_sided.reason
+
+
 def test_higher_is_better_primary():
     policy = PromoteParams(primary_metric="psnr", primary_direction="higher", guard_metric="ssim", guard_tolerance=0)
     champion = Candidate("1", {"psnr": 27.0, "ssim": 0.80}, PROTOCOL)

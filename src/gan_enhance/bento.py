@@ -30,8 +30,7 @@ from gan_enhance.serving_io import BENTO_MODEL, generator_dir
 BENTOFILE = Path("serving/bentofile.yaml")
 
 
-class BentoBuildError(RuntimeError):
-    """A step of the bento build that cannot go ahead; the message says what to do."""
+CONTAINERFILE_PROBLEMS = 3  # built and exported, but the Containerfile check found problems (1 is a crash)
 
 
 def bento_model_tag(registered_model: str, version: str) -> str:
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         archive = export(bento, args.out)
         print(f"exported {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
         check = check_container(bento, args.out, archive)
-    except (ParamsError, RegistryError, BentoBuildError) as exc:
+    except (ParamsError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for fact in check.facts:
@@ -203,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Containerfile: {check.containerfile} (build it with `bentoml containerize {bento.tag}` where Docker runs)")
     if not docker_daemon():
         print("no Docker daemon here: the image was not built; serving/README.md says what was checked instead")
-    return 1 if check.problems else 0
+    return CONTAINERFILE_PROBLEMS if check.problems else 0
 
 
 if __name__ == "__main__":

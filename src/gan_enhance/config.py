@@ -101,8 +101,8 @@ class InpaintParams(_Section):
 class TranslateParams(_Section):
     source_b: str = Field(
         "warm_film",
-        description="Domain B: a folder of images, or 'warm_film': a warm colour grade of the other half of "
-        "data.source's images (domain A keeps the first half; a demonstration pair).",
+        description="Domain B: a folder of images, or 'warm_film': data.source's images, sorted by name, dealt "
+        "alternately to A (unchanged) and B (a warm colour grade); a demonstration pair.",
     )
     direction: Literal["a2b", "b2a"] = Field("a2b", description="Which of the two generators is exported.")
     cycle_weight: float = Field(10.0, ge=0, description="Cycle-consistency L1 weight (lambda in CycleGAN).")

@@ -77,15 +77,26 @@ def protocol_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 def decide(challenger: Candidate, champion: Candidate | None, policy: PromoteParams) -> Decision:
     """The policy, on plain numbers: first model wins; else same protocol, better primary, guard within tolerance."""
     primary, guard = policy.primary_metric, policy.guard_metric
-    for metric in (primary, guard):
-        if metric not in challenger.metrics:
-            return Decision(False, f"version {challenger.version} carries no metric '{metric}' (tag metric.{metric})")
-    shown = f"{primary} {_num(challenger.metrics[primary])}, {guard} {_num(challenger.metrics[guard])}"
+    if primary not in challenger.metrics:
+        return Decision(False, f"version {challenger.version} carries no metric '{primary}' (tag metric.{primary})")
+    # tasks whose evaluation reports no guard metric (translation and generation: FID/KID only) are judged on the
+    # primary metric alone; a guard reported by one version and not the other is a mismatch
+    guarded = guard in challenger.metrics
+    unguarded = "" if guarded else f"; no '{guard}' in this task's evaluation, so no guard"
+    shown = f"{primary} {_num(challenger.metrics[primary])}" + (
+        f", {guard} {_num(challenger.metrics[guard])}" if guarded else unguarded
+    )
     if champion is None:
         return Decision(True, f"first champion ({shown})")
-    for metric in (primary, guard):
-        if metric not in champion.metrics:
-            return Decision(False, f"champion version {champion.version} carries no metric '{metric}'")
+    if primary not in champion.metrics:
+        return Decision(False, f"champion version {champion.version} carries no metric '{primary}'")
+    if guarded != (guard in champion.metrics):
+        holder, other = (challenger, champion) if guarded else (champion, challenger)
+        return Decision(
+            False,
+            f"version {holder.version} carries '{guard}' but version {other.version} does not, so they cannot be "
+            "compared; evaluate both the same way",
+        )
     if challenger.protocol is None or champion.protocol is None:
         missing = challenger.version if challenger.protocol is None else champion.version
         return Decision(False, f"version {missing} carries no evaluation protocol, so the two cannot be compared")
@@ -103,6 +114,10 @@ def decide(challenger: Candidate, champion: Candidate | None, policy: PromotePar
             False,
             f"{primary} {_num(ours)} is not {policy.primary_direction} than champion version "
             f"{champion.version}'s {_num(theirs)}",
+        )
+    if not guarded:
+        return Decision(
+            True, f"{primary} {_num(ours)} beats champion version {champion.version}'s {_num(theirs)}{unguarded}"
         )
     ours_guard, theirs_guard = challenger.metrics[guard], champion.metrics[guard]
     loss = theirs_guard - ours_guard if policy.guard_direction == "higher" else ours_guard - theirs_guard
