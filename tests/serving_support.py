@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +14,10 @@ import httpx
 import torch
 import yaml
 
+from .servers import HOST, free_port, server_process
+
 REPO = Path(__file__).resolve().parents[1]
 SERVICE = "serving.service:EnhanceService"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def register_champion(root: Path, tree: dict[str, Any], weights: Path | None = None) -> dict[str, Any]:
@@ -171,31 +166,10 @@ def serve_process(
     """`bentoml serve TARGET` as a separate process (its own session) on 127.0.0.1 at a free port, with `env` on
     top of this process's environment; yields (url, Popen) once /readyz says yes, and stops the whole process
     group on exit."""
-    import signal
-    import subprocess
     import sys
 
     port = free_port()
-    output = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url)
+    url = f"http://{HOST}:{port}"
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)]
+    with server_process(command, f"{url}/readyz", log, {**os.environ, **(env or {})}, cwd, timeout_s=120) as process:
         yield url, process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        if log:
-            output.close()

@@ -5,12 +5,9 @@ API: `make flows-serve` (python -m flows.deployments serve) registers retrain/ni
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,27 +16,10 @@ import pytest
 from gan_enhance.device import TELEMETRY_OFF
 
 from .conftest import REPO
+from .servers import HOST, free_port, server_process, stop
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -47,34 +27,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     """`prefect server start --host 127.0.0.1` on a free port, with its own PREFECT_HOME (database); yields the
     environment its clients use; stopped afterwards."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(TELEMETRY_OFF, PREFECT_HOME=str(home))
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: teardown stops the server and its workers
-    )
     api = f"http://{HOST}:{port}/api"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, f"prefect server exited:\n{(home / 'server.log').read_text()}"
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "prefect server not ready after 240 s"
-            time.sleep(0.5)
+    command = [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+    with server_process(command, f"{api}/health", home / "server.log", env, timeout_s=240):
         yield {**env, "PREFECT_API_URL": api}
-    finally:
-        _stop(proc)
-        log.close()
 
 
 def _read_deployment(env: dict[str, str], name: str, wait_s: float = 0.0):
@@ -128,7 +87,7 @@ def test_served_retrain_deployment_is_registered_with_its_cron(prefect_server: d
         assert run.state.is_failed(), (run.state, (tmp_path / "serve.log").read_text())
         assert "step 'lock' failed" in run.state.message and "is not a DVC repository" in run.state.message
     finally:
-        _stop(serve)
+        stop(serve)
         log.close()
 
 

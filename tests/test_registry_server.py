@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +38,7 @@ from gan_enhance.models.artifact import ModelCard, save_generator
 from gan_enhance.training.trainer import train
 
 from .conftest import tiny_params_tree
+from .servers import free_port, server_process
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "gan_enhance.cli"]
@@ -56,48 +52,15 @@ class Server:
     artifacts: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`mlflow server` as `make ui` starts it (SQLite + local artifacts), on a free port; stopped afterwards."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = (root / "server.log").open("w")
+    port = free_port()
     command, env = server_command(root / "mlflow.db", root / "mlartifacts", port)
-    proc = subprocess.Popen(
-        command,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: teardown stops the server and its workers
-    )
     url = f"http://{HOST}:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"mlflow server exited:\n{(root / 'server.log').read_text()}"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server not ready after 180 s"
-            time.sleep(0.5)
+    with server_process(command, f"{url}/health", root / "server.log", env, timeout_s=180):
         yield Server(url, root / "mlartifacts")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="session")
