@@ -272,3 +272,21 @@ class BaseTrainer:
             writer.writeheader()
             writer.writerows(self.history)
         plot_curves(self.history, folder / "curves.png", f"training: {self.task.name}")
+
+
+class OneGANTrainer(BaseTrainer):
+    """A trainer with one generator, one discriminator and one EMA copy (the paired and DCGAN trainers)."""
+
+    G: nn.Module
+    D: nn.Module
+
+    def stateful(self) -> dict[str, Any]:
+        return {
+            "G": self.G,
+            "D": self.D,
+            "EMA": self.ema.model,
+            "opt_g": self.opt_g,
+            "opt_d": self.opt_d,
+            "sched_g": self.sched_g,
+            "sched_d": self.sched_d,
+        }

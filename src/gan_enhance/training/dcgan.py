@@ -18,14 +18,14 @@ from gan_enhance.data.batches import load_split, step_rng
 from gan_enhance.data.prepare import manifest_hash
 from gan_enhance.tasks import to_tensor
 from gan_enhance.training import losses
-from gan_enhance.training.base import BaseTrainer
+from gan_enhance.training.base import OneGANTrainer
 from gan_enhance.training.ema import EMA
 from gan_enhance.visual import image_grid
 
 GRID_SIDE = 8
 
 
-class DCGANTrainer(BaseTrainer):
+class DCGANTrainer(OneGANTrainer):
     progress_keys = ("loss_g", "loss_d", "d_real", "d_fake")
 
     def load_data(self) -> str:
@@ -49,17 +49,6 @@ class DCGANTrainer(BaseTrainer):
         self.sched_d = self.scheduler(self.opt_d, tp.steps)
         rng = step_rng(self.params.seed, 0, stream=1)
         self.val_latent = torch.from_numpy(rng.standard_normal((GRID_SIDE**2, self.latent_dim), dtype=np.float32))
-
-    def stateful(self) -> dict[str, Any]:
-        return {
-            "G": self.G,
-            "D": self.D,
-            "EMA": self.ema.model,
-            "opt_g": self.opt_g,
-            "opt_d": self.opt_d,
-            "sched_g": self.sched_g,
-            "sched_d": self.sched_d,
-        }
 
     def set_train_mode(self) -> None:
         self.G.train()

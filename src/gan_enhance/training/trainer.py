@@ -18,7 +18,7 @@ from gan_enhance.data.batches import PatchSampler, load_split, step_rng
 from gan_enhance.data.prepare import manifest_hash
 from gan_enhance.tasks import build_task
 from gan_enhance.training import losses
-from gan_enhance.training.base import BaseTrainer, TrainResult
+from gan_enhance.training.base import BaseTrainer, OneGANTrainer, TrainResult
 from gan_enhance.training.cyclegan import CycleGANTrainer
 from gan_enhance.training.dcgan import DCGANTrainer
 from gan_enhance.training.ema import EMA
@@ -30,7 +30,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * np.log10(1.0 / max(mse, 1e-12)))
 
 
-class Trainer(BaseTrainer):
+class Trainer(OneGANTrainer):
     """Paired tasks: the task makes each (input, target) pair from a target patch."""
 
     progress_keys = ("loss_pixel", "loss_d", "val_psnr")
@@ -60,17 +60,6 @@ class Trainer(BaseTrainer):
         self.opt_d = self.optimizer(self.D.parameters(), tp.lr_d)
         self.sched_g = self.scheduler(self.opt_g, tp.steps)
         self.sched_d = self.scheduler(self.opt_d, max(tp.steps - tp.warmup_steps, 1))  # D trains after warm-up
-
-    def stateful(self) -> dict[str, Any]:
-        return {
-            "G": self.G,
-            "D": self.D,
-            "EMA": self.ema.model,
-            "opt_g": self.opt_g,
-            "opt_d": self.opt_d,
-            "sched_g": self.sched_g,
-            "sched_d": self.sched_d,
-        }
 
     def set_train_mode(self) -> None:
         self.G.train()
