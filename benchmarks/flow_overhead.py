@@ -30,13 +30,10 @@ import json
 import os
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +44,7 @@ from PIL import Image
 from benchmarks.common import REPO, RESULTS, WORK, machine, machine_line
 from gan_enhance.config import load_params
 from gan_enhance.device import TELEMETRY_OFF
+from tests.servers import free_port, stop, wait_healthy
 
 BIN = Path(sys.executable).parent
 OUT = WORK / "flow_overhead"
@@ -161,46 +159,21 @@ def flow(root: Path, environment: dict[str, str], log: Path, summary: Path) -> d
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server() -> tuple[subprocess.Popen, str, float]:
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    log = (OUT / "prefect-server.log").open("w")
+    log = OUT / "prefect-server.log"
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env(None),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"prefect server exited; see {OUT / 'prefect-server.log'}")
-        try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2):
-                return proc, api, time.perf_counter() - started
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("prefect server not ready after 300 s") from None
-            time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    with log.open("w") as output:
+        proc = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env(None),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_healthy(proc, f"{api}/health", 300, log)
+    return proc, api, time.perf_counter() - started
 
 
 def verdict(direct_s: float, flow_s: float) -> str:
