@@ -8,7 +8,9 @@ on data shipped with the installed packages, beside its baseline.
 (c) DCGAN on scikit-learn's digits (32x32): FID/KID of samples against test digits, against uniform noise.
 
 Prepared data, models and grids go to the work folder (git-ignored); the report (quality_tasks.md + .json) goes to
---out, and its tables replace the `## More tasks` section of docs/benchmarks.md (appended when absent).
+--out, and its tables replace the `## More tasks` section of docs/benchmarks.md (appended when absent). A run of
+some --parts keeps the other parts of the report already in --out, each table under the line of the run that
+measured it.
 
     .venv/bin/python -m benchmarks.quality_tasks                     # all three parts
     .venv/bin/python -m benchmarks.quality_tasks --parts generate --steps 300
@@ -115,17 +117,30 @@ def table(part: str, outcome: dict[str, Any]) -> str:
     return "\n".join([f"### {TITLES[part]}", "", note + f". Grid: `{outcome['grid']}`.", "", *lines])
 
 
-def render(parts: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
+def render(parts: dict[str, dict[str, Any]]) -> str:
     out = [
         SECTION,
         "",
-        f"{machine_line(info)}. Each model trained from scratch by `benchmarks/quality_tasks.py` with the configs in "
-        "`benchmarks/configs/` (short CPU runs), evaluated by the evaluate stage. FID at these sample counts is "
-        "biased upwards: compare it only within a table.",
+        "Each model trained from scratch by `benchmarks/quality_tasks.py` with the configs in `benchmarks/configs/` "
+        "(short CPU runs), evaluated by the evaluate stage. FID at these sample counts is biased upwards: compare it "
+        "only within a table.",
     ]
     for part, outcome in parts.items():
-        out += ["", table(part, outcome)]
+        out += ["", table(part, outcome), "", f"Measured {machine_line(outcome['machine'])}."]
     return "\n".join(out) + "\n"
+
+
+def earlier_parts(out: Path) -> dict[str, dict[str, Any]]:
+    """The parts of the report already in `out` (each with the machine line of its run), or none."""
+    report = out / "quality_tasks.json"
+    if not report.is_file():
+        return {}
+    earlier = json.loads(report.read_text())
+    return {
+        part: {"machine": earlier.get("machine"), **outcome}  # reports before per-part lines had one machine
+        for part, outcome in earlier.get("parts", {}).items()
+        if part in PARTS
+    }
 
 
 def update_docs(section: str) -> None:
@@ -155,13 +170,15 @@ def main(argv: list[str] | None = None) -> None:
     disable_telemetry()
     info = machine()
     started = time.perf_counter()
-    parts = {part: run_part(part, args) for part in args.parts}
+    measured = {part: run_part(part, args) for part in args.parts}
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     info["wall_seconds"] = round(time.perf_counter() - started, 1)
-    report = render(parts, info)
+    parts = {**earlier_parts(args.out), **{part: {"machine": info, **outcome} for part, outcome in measured.items()}}
+    parts = {part: parts[part] for part in PARTS if part in parts}
+    report = render(parts)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality_tasks.json").write_text(json.dumps({"machine": info, "parts": parts}, indent=2) + "\n")
+    (args.out / "quality_tasks.json").write_text(json.dumps({"parts": parts}, indent=2) + "\n")
     (args.out / "quality_tasks.md").write_text(report)
     if not args.no_docs:
         update_docs(report)

@@ -85,10 +85,12 @@ def _pipeline(overrides: dict) -> tuple[dict, dict]:
 
 
 def test_inpainting_is_evaluated_inside_the_holes_against_biharmonic(tiny_project: Path):
-    """End to end, with the hole metrics beside the classical baseline's. Not asserted: that the model beats
-    biharmonic inside the holes; on this short run it does not (about 22.1 dB against 22.8, see the issue note)."""
+    """End to end, with the hole metrics beside the classical baselines'. Training must not lose what the
+    network starts from (the mean of its two classical fills). Not asserted: that the model beats biharmonic
+    inside the holes; on this short run it does not (about 22.5 dB against 22.8, see docs/benchmarks.md)."""
     metrics, registered = _pipeline(INPAINT)
     model, baseline = metrics["model"], metrics["biharmonic"]
+    assert model["psnr_hole"] > metrics["fills_mean"]["psnr_hole"] - 0.5, metrics
     assert {"psnr", "ssim", "psnr_hole", "ssim_hole", "fid", "kid"} <= set(model)
     assert metrics["gain"]["psnr_hole_vs_biharmonic"] == pytest.approx(model["psnr_hole"] - baseline["psnr_hole"])
     assert model["psnr"] > model["psnr_hole"] + 3  # outside the holes the image is returned as given

@@ -168,12 +168,24 @@ class Inpaint(Task):
         return valid + self.options["hole_weight"] * losses.pixel_loss(kind, output * hole, target * hole)
 
     def baselines(self) -> dict[str, Baseline]:
+        """scikit-image's biharmonic inpainting (the baseline gains are taken against), and the mean of the
+        harmonic and biharmonic pyramid fills: the gated U-Net's output before training, so the model's gain
+        over it is what training added."""
         from skimage.restoration import inpaint_biharmonic
+
+        from gan_enhance.models.inpainting import biharmonic_fill, harmonic_fill
 
         def biharmonic(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
             return inpaint_biharmonic(x, mask, channel_axis=-1).astype(np.float32)
 
-        return {"biharmonic": biharmonic}
+        def fills_mean(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+            image = to_tensor(x[None])
+            valid = torch.from_numpy(~mask).float()[None, None]
+            with torch.no_grad():
+                mean = (harmonic_fill(image * valid, valid) + biharmonic_fill(image * valid, valid)) / 2
+            return mean[0].permute(1, 2, 0).numpy()
+
+        return {"biharmonic": biharmonic, "fills_mean": fills_mean}
 
 
 def _with_holes(target: np.ndarray, mask: np.ndarray, with_mask: bool) -> np.ndarray:
