@@ -173,7 +173,7 @@ class Inpaint(Task):
         over it is what training added."""
         from skimage.restoration import inpaint_biharmonic
 
-        from gan_enhance.models.inpainting import biharmonic_fill, harmonic_fill
+        from gan_enhance.models import inpainting
 
         def biharmonic(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
             return inpaint_biharmonic(x, mask, channel_axis=-1).astype(np.float32)
@@ -182,8 +182,7 @@ class Inpaint(Task):
             image = to_tensor(x[None])
             valid = torch.from_numpy(~mask).float()[None, None]
             with torch.no_grad():
-                mean = (harmonic_fill(image * valid, valid) + biharmonic_fill(image * valid, valid)) / 2
-            return mean[0].permute(1, 2, 0).numpy()
+                return inpainting.fills_mean(image * valid, valid)[0].permute(1, 2, 0).numpy()
 
         return {"biharmonic": biharmonic, "fills_mean": fills_mean}
 

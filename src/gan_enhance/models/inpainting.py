@@ -78,6 +78,11 @@ def biharmonic_fill(image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return pyramid_fill(image, valid, _conjugate_gradient)
 
 
+def fills_mean(image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The even blend of the two fills: what an untrained gated_unet returns."""
+    return (harmonic_fill(image, valid) + biharmonic_fill(image, valid)) / 2
+
+
 class GatedConv(nn.Module):
     """ELU(features) x sigmoid(gate): the network learns per pixel and channel which inputs are valid."""
 
