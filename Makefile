@@ -15,7 +15,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 UI_PORT ?= 5000
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install run test lint format clean ui browser
+.PHONY: install run test test-fast lint format clean ui browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ run: install  ## set up, then run the whole pipeline on the embedded default
 
 test: install lint browser  ## set up, then lint and run the test suite
 	$(BIN)/pytest
+
+test-fast: install lint  ## the development loop: lint and every test not marked slow (about a minute; CI runs all)
+	$(BIN)/pytest -m "not slow"
 
 browser:  ## headless Chromium for the registry UI test (Debian package); nothing to do when it is there
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && \
@@ -59,7 +62,7 @@ bento serve: export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 
 .PHONY: bento serve
 bento: install  ## import the registry's champion into BentoML, `bentoml build`, export $(BENTO_OUT)/*.bento, check its Containerfile
-	$(BIN)/python -m gan_enhance.bento --out $(BENTO_OUT) $(BENTO_ARGS)
+	$(BIN)/python -m gan_enhance.serving.bento --out $(BENTO_OUT) $(BENTO_ARGS)
 
 serve: install  ## serve the last built bento on http://127.0.0.1:$(SERVE_PORT) (Swagger UI at /); `make bento` first
 	$(BIN)/bentoml serve gan-enhance:latest --host 127.0.0.1 --port $(SERVE_PORT)

@@ -35,6 +35,7 @@ def config_params(
             "train.out_dir": str(work / "generator"),
             "train.checkpoint_dir": str(work / "checkpoints"),
             "train.report_dir": str(work / "train_report"),
+            "evaluate.out_dir": str(work / "eval"),
             **(extra or {}),
         }
     )

@@ -44,7 +44,7 @@ from PIL import Image
 from benchmarks.common import REPO, RESULTS, WORK, machine, machine_line
 from gan_enhance.config import load_params
 from gan_enhance.device import TELEMETRY_OFF
-from tests.servers import free_port, stop, wait_healthy
+from gan_enhance.servers import free_port, stop, wait_healthy
 
 BIN = Path(sys.executable).parent
 OUT = WORK / "flow_overhead"

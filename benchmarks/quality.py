@@ -37,18 +37,13 @@ from gan_enhance.config import Params
 from gan_enhance.data.degradations import add_gaussian_noise
 from gan_enhance.data.prepare import prepare
 from gan_enhance.device import disable_telemetry
-from gan_enhance.evaluation.stage import (
-    MODEL,
-    TestImage,
-    check_fits,
-    comparison_grid,
-    load_test_folder,
-    run_evaluation,
-    write_report,
-)
+from gan_enhance.evaluation.paired import evaluate_test_set
+from gan_enhance.evaluation.report import MODEL
+from gan_enhance.evaluation.stage import evaluate_folder
+from gan_enhance.evaluation.testsets import TestImage
 from gan_enhance.inference import Enhancer
 from gan_enhance.tasks import build_task
-from gan_enhance.training.trainer import train
+from gan_enhance.training.stage import train
 
 PARTS = {"sr": "sr_x4", "denoise": "denoise_s25"}  # part -> benchmarks/configs/<name>.yaml
 TEST_SETS = {"sr": ("Set5", "Set14"), "denoise": ("Set12",)}
@@ -139,10 +134,8 @@ def gray_noise_set(test_set: list[TestImage], sigma: float, seed: int) -> list[T
 
 def evaluate_set(params: Params, enhancer: Enhancer, test_set: list[TestImage], out: Path) -> dict[str, Any]:
     """The project's evaluation on one test set; metrics.json, per_image.csv and comparison.png into `out`."""
-    task = build_task(params.task)
     started = time.perf_counter()
-    result, rows, methods = run_evaluation(params, task, enhancer, test_set)
-    write_report(out, result, rows, comparison_grid(test_set, methods, params.evaluate.grid_images))
+    result, rows = evaluate_test_set(params, build_task(params.task), enhancer, test_set, out)
     return {"summary": result, "per_image": rows, "eval_seconds": time.perf_counter() - started}
 
 
@@ -171,16 +164,16 @@ def run_part(part: str, datasets: Path, args: argparse.Namespace) -> dict[str, A
     enhancer = Enhancer.from_dir(
         params.train.out_dir, device=params.train.device, tile=ev.tile, tile_pad=ev.tile_overlap
     )
-    task = build_task(params.task)
-    check_fits(enhancer, task, str(params.train.out_dir))
     training["generator_params"] = sum(p.numel() for p in enhancer.net.parameters())
     results: dict[str, Any] = {}
     for name, folder in sets.items():
         print(f"[{part}] evaluating on {name}")
-        test_set = load_test_folder(folder, task, ev.seed)
-        results[name] = evaluate_set(params, enhancer, test_set, work / f"eval-{name}")
+        started = time.perf_counter()
+        evaluated = evaluate_folder(params, enhancer, folder, work / f"eval-{name}", str(params.train.out_dir))
+        elapsed = time.perf_counter() - started
+        results[name] = {"summary": evaluated.result, "per_image": evaluated.rows, "eval_seconds": elapsed}
         if part == "denoise":
-            gray = gray_noise_set(test_set, task.options["eval_sigma"], ev.seed)
+            gray = gray_noise_set(evaluated.test_set, params.task.denoise.eval_sigma, ev.seed)
             results[f"{name} ({GRAY_PROTOCOL})"] = evaluate_set(params, enhancer, gray, work / f"eval-{name}-gray")
     return {"config": PARTS[part], "training": training, "sets": results}
 

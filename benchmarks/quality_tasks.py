@@ -33,10 +33,10 @@ if not __package__:  # run as `python benchmarks/quality_tasks.py`: make `benchm
 from benchmarks.common import REPO, RESULTS, WORK, config_params, describe_model, machine, machine_line
 from gan_enhance.data.prepare import prepare_stage
 from gan_enhance.device import disable_telemetry
-from gan_enhance.evaluation.stage import MODEL, check_fits, evaluation_for, write_report
+from gan_enhance.evaluation.report import MODEL
+from gan_enhance.evaluation.stage import evaluate
 from gan_enhance.inference import Enhancer
-from gan_enhance.tasks import build_task
-from gan_enhance.training.trainer import train
+from gan_enhance.training.stage import train
 
 PARTS = {"inpaint": "inpaint", "translate": "translate_warm_film", "generate": "generate_digits"}
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -71,15 +71,9 @@ def run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
     rows = prepare_stage(params)
     print(f"[{part}] training {describe_model(params)} for {params.train.steps} steps")
     result = train(params, base=REPO)
-    ev = params.evaluate
-    enhancer = Enhancer.from_dir(
-        params.train.out_dir, device=params.train.device, tile=ev.tile, tile_pad=ev.tile_overlap
-    )
-    task = build_task(params.task)
-    check_fits(enhancer, task, str(params.train.out_dir))
     started = time.perf_counter()
-    metrics, per_image, grid = evaluation_for(task.kind)(params, task, enhancer, REPO)
-    write_report(work / "eval", metrics, per_image, grid)
+    metrics = evaluate(params, base=REPO)
+    enhancer = Enhancer.from_dir(params.train.out_dir, device="cpu")
     return {
         "config": PARTS[part],
         "model": describe_model(params),

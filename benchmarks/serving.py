@@ -13,7 +13,7 @@
 
 The model is params.yaml's architecture (the production config), random weights unless --weights names a trained
 generator folder (speed does not depend on them), registered in a scratch MLflow store, promoted to champion and
-imported with gan_enhance.bento.import_champion, so the servers load it the way a deployment does.
+imported with gan_enhance.serving.bento.import_champion, so the servers load it the way a deployment does.
 
     .venv/bin/python -m benchmarks.serving            # ~10-15 min on 2 cores; writes benchmarks/results/serving.*
     .venv/bin/python -m benchmarks.serving --quick    # tiny model, a minute or two: checks the script
@@ -44,14 +44,14 @@ import psutil
 import torch
 from PIL import Image
 
-if not __package__:  # run as `python benchmarks/serving.py`: make `benchmarks` and `tests` importable
+if not __package__:  # run as `python benchmarks/serving.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, RESULTS, WORK, machine, machine_line
 from gan_enhance.config import load_params
 from gan_enhance.device import disable_telemetry
-from gan_enhance.serving_io import decode_upload, encode_image
-from tests.serving_support import bentoml_home, register_champion, serve_process
+from gan_enhance.serving.codec import decode_upload, encode_image
+from gan_enhance.serving.local import bentoml_home, register_champion, serve_process
 
 TARGET_RATIO = 0.8
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -464,13 +464,13 @@ def main(argv: list[str] | None = None) -> None:
     info["torch_threads"] = torch.get_num_threads()
     log = work / "servers.log"
 
-    from gan_enhance.bento import import_champion
-    from gan_enhance.inference import Enhancer
+    from gan_enhance.lifecycle.registry import load_enhancer
+    from gan_enhance.serving.bento import import_champion
 
     with bentoml_home(work / "bentoml") as home:
         env["BENTOML_HOME"] = str(home)
         import_champion(champion["model_name"], champion["tracking_uri"])
-        enhancer = Enhancer.from_registry(
+        enhancer = load_enhancer(
             champion["model_name"], "champion", champion["tracking_uri"], device="cpu", tile=256, tile_pad=16
         )
         settings = {**env, "GAN_ENHANCE_SERVE_TILE": "256", "GAN_ENHANCE_SERVE_TILE_PAD": "16"}

@@ -1,4 +1,4 @@
-"""Trainer throughput: `Trainer.train_step` steps/s against a bare forward/backward loop of the same networks.
+"""Trainer throughput: `PairedTrainer.train_step` steps/s against a bare forward/backward loop of the same networks.
 
 The bare loop runs the same G and D, batch, patch, losses, gradient clipping and Adam steps on batches made
 before timing; it leaves out what the trainer adds around the maths: patch sampling, degradation, EMA,
@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,9 +34,10 @@ from gan_enhance.config import Params
 from gan_enhance.data.batches import step_rng
 from gan_enhance.data.prepare import prepare
 from gan_enhance.device import disable_telemetry
+from gan_enhance.kinds import KINDS
 from gan_enhance.tasks import build_task
 from gan_enhance.training import losses
-from gan_enhance.training.trainer import Trainer
+from gan_enhance.training.paired import PairedTrainer
 
 PHASES = ("warm-up", "adversarial")
 TARGET_RATIO = 0.85
@@ -62,7 +64,7 @@ class PhaseResult:
 class BareLoop:
     """The trainer's step without the trainer: same networks (copies), losses, clipping and Adam updates."""
 
-    def __init__(self, trainer: Trainer, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(self, trainer: PairedTrainer, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         tp = trainer.params.train
         self.tp = tp
         self.task = trainer.task
@@ -89,7 +91,7 @@ class BareLoop:
             loss_d.backward()
             self._clip(self.D)
             self.opt_d.step()
-        loss_g = tp.weights.pixel * self.task.pixel_loss(tp.pixel_loss, fake, target, inp)
+        loss_g = tp.weights.pixel * self.task.pixel_loss(partial(losses.pixel_loss, tp.pixel_loss), fake, target, inp)
         if adversarial:
             self.D.requires_grad_(False)
             fake_logits, fake_feats = self.D(fake)
@@ -116,7 +118,7 @@ def time_block(run: Callable[[int], None], first: int, count: int) -> tuple[floa
 
 def measure(name: str, params: Params, rounds: int, block: int, warmup_calls: int) -> list[PhaseResult]:
     """Interleave blocks of trainer and bare steps (order alternating per round); medians per phase."""
-    trainer = Trainer(params, base=REPO)
+    trainer = PairedTrainer(params, base=REPO)
     tp = params.train
     batches = []
     for i in range(4):  # pre-made batches for the bare loop: the same kind of data, sampled before timing
@@ -192,7 +194,7 @@ def table(results: list[PhaseResult], describe: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Trainer steps/s vs a bare forward/backward loop of the same G and D, per training phase "
+        description="PairedTrainer steps/s vs a bare forward/backward loop of the same G and D, per training phase "
         f"(target ratio >= {TARGET_RATIO}). Writes train_throughput.md and .json into --out.",
     )
     parser.add_argument(
@@ -200,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=["sr_x4", "denoise_s25"],
         choices=config_names(),
-        help="benchmark configs of paired tasks (the ones `Trainer` trains): benchmarks/configs/NAME.yaml on top of "
-        "params.yaml (default: %(default)s)",
+        help="benchmark configs of paired tasks (the ones `PairedTrainer` trains): benchmarks/configs/NAME.yaml on "
+        "top of params.yaml (default: %(default)s)",
     )
     parser.add_argument(
         "--rounds",
@@ -238,8 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         work = (args.work / f"throughput-{name}").resolve()
         params = config_params(name, work, {"data.source": args.source} if args.source else None)
         kind = build_task(params.task).kind
-        if kind != "paired":
-            parser.error(f"config {name} is a {kind} task; this benchmark measures the paired tasks' Trainer")
+        if KINDS[kind].load_trainer() is not PairedTrainer:
+            parser.error(f"config {name} is a {kind} task; this benchmark measures the PairedTrainer's tasks")
         described[name] = describe_model(params)
         prepare(params.data, min_side=params.train.patch_size)
         for threads in args.threads:

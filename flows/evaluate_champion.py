@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from flows.support import StepError, command_line_api, repo_params, retry_if_transient, run_step, use_registry
+from flows.support import command_line_api, repo_params, retry_if_transient, run_step, use_registry
 from gan_enhance.device import disable_telemetry
 
 disable_telemetry()
@@ -47,38 +47,22 @@ def evaluate_on_benchmark(
 ) -> dict[str, Any]:
     """Load the version holding `alias` and run the evaluate stage's code over every image of `folder`; writes
     metrics.json, per_image.csv and comparison.png into `out_dir`."""
-    from gan_enhance.evaluation.stage import (
-        check_fits,
-        comparison_grid,
-        load_test_folder,
-        run_evaluation,
-        write_report,
-    )
-    from gan_enhance.inference import Enhancer
-    from gan_enhance.lifecycle.registry import client_for, registered_model_name, require_alias
-    from gan_enhance.tasks import build_task
+    from gan_enhance.evaluation.stage import evaluate_folder
+    from gan_enhance.lifecycle.registry import client_for, load_enhancer, registered_model_name, require_alias
 
     log = get_run_logger()
     params = repo_params(repo)
     use_registry(params.tracking.uri)
-    task_ = build_task(params.task)
-    if task_.kind != "paired":
-        raise StepError(
-            f"evaluate_champion measures paired tasks (sr, denoise, inpaint) on a benchmark folder; task "
-            f"'{task_.name}' is {task_.kind}: its evaluation needs the prepared data (`dvc repro evaluate`)",
-            transient=False,
-        )
     name = model_name or registered_model_name(params)
     version = require_alias(client_for(params.tracking.uri), name, alias)
     ev = params.evaluate
-    enhancer = Enhancer.from_registry(
+    enhancer = load_enhancer(
         name, alias, tracking_uri=params.tracking.uri, device=device, tile=ev.tile, tile_pad=ev.tile_overlap
     )
-    check_fits(enhancer, task_, f"models:/{name}@{alias} (version {version.version})")
-    test_set = load_test_folder(folder, task_, ev.seed, params.data.max_pixels)
-    log.info(f"evaluating {name} version {version.version} (@{alias}) on {len(test_set)} images of {folder}")
-    result, rows, methods = run_evaluation(params, task_, enhancer, test_set)
-    write_report(out_dir, result, rows, comparison_grid(test_set, methods, ev.grid_images))
+    log.info(f"evaluating {name} version {version.version} (@{alias}) on the images of {folder}")
+    where = f"models:/{name}@{alias} (version {version.version})"
+    evaluated = evaluate_folder(params, enhancer, folder, out_dir, where)
+    result, test_set = evaluated.result, evaluated.test_set
     return {
         "model_name": name,
         "version": str(version.version),
@@ -95,7 +79,7 @@ def log_evaluation(repo: Path, evaluation: dict[str, Any], folder: Path, out_dir
     import mlflow
 
     from gan_enhance.lifecycle.registry import client_for
-    from gan_enhance.tracking import experiment_name, lineage_tags
+    from gan_enhance.tracking import ensure_experiment, experiment_name, lineage_tags
 
     params = repo_params(repo)
     client = client_for(params.tracking.uri)
@@ -109,9 +93,7 @@ def log_evaluation(repo: Path, evaluation: dict[str, Any], folder: Path, out_dir
         except mlflow.exceptions.MlflowException:
             parent = None  # registered from another store: log into the task's experiment, unparented
     if experiment_id is None:
-        experiment = experiment_name(params.tracking, params.task.name)
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        experiment_id = ensure_experiment(client, experiment_name(params.tracking, params.task.name))
     tags = {
         **lineage_tags(repo),
         "stage": "evaluate_champion",

@@ -341,7 +341,7 @@ def run_pipeline(repo: Path, timeout_s: float) -> None:
 @task(name="read metrics", cache_policy=NO_CACHE, timeout_seconds=SHORT_TIMEOUT_S)
 def read_metrics(repo: Path) -> dict[str, Any]:
     """The evaluate stage's metrics.json: the model's numbers and the first baseline's."""
-    from gan_enhance.evaluation.stage import METRICS_FILE, MODEL
+    from gan_enhance.evaluation.report import METRICS_FILE, MODEL
 
     path = repo / repo_params(repo).evaluate.out_dir / METRICS_FILE
     if not path.is_file():
@@ -417,26 +417,26 @@ def promote_challenger(repo: Path, version: str) -> dict[str, Any]:
 
 @task(name="bento", cache_policy=NO_CACHE)
 def bento_for_champion(repo: Path, enabled: bool, timeout_s: float) -> dict[str, Any]:
-    """Build the bento for the new champion with the serving module (`python -m gan_enhance.bento`, what
+    """Build the bento for the new champion with the serving module (`python -m gan_enhance.serving.bento`, what
     `make bento` runs), in a child process so that BentoML's state stays out of the flow; skipped with the reason
     when disabled or when serving is not there."""
     if not enabled:
         return {"status": "skipped", "reason": "build_bento is false"}
-    missing = [module for module in ("gan_enhance.bento", "bentoml") if find_spec(module) is None]
+    missing = [module for module in ("gan_enhance.serving.bento", "bentoml") if find_spec(module) is None]
     if missing or not (repo / "serving" / "bentofile.yaml").is_file():
         reason = f"serving is not installed ({', '.join(missing) or 'serving/bentofile.yaml'} missing)"
         _log(f"bento skipped: {reason}")
         return {"status": "skipped", "reason": reason}
-    from gan_enhance.bento import CONTAINERFILE_PROBLEMS
+    from gan_enhance.serving.bento import CONTAINERFILE_PROBLEMS
 
     env = command_env({"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(repo / "bentoml_home"))})
-    command = [sys.executable, "-m", "gan_enhance.bento", "--params", PARAMS_FILE, "--out", BENTO_OUT]
+    command = [sys.executable, "-m", "gan_enhance.serving.bento", "--params", PARAMS_FILE, "--out", BENTO_OUT]
     code, tail = run_command(command, repo, timeout_s, _logger(), env)
     text = "\n".join(tail)
     if code not in (0, CONTAINERFILE_PROBLEMS):
         errors = [line for line in tail if line.startswith("error:")]
         reason = errors[-1] if errors else " | ".join(tail[-3:])
-        raise StepError(f"`python -m gan_enhance.bento` exited with {code}: {reason}", transient=code != 2)
+        raise StepError(f"`python -m gan_enhance.serving.bento` exited with {code}: {reason}", transient=code != 2)
     built = re.search(r"built bento (\S+)", text)
     archive = re.search(r"exported (\S+)", text)
     return {

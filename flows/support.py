@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gan_enhance.config import Params, ParamsError, load_params
+from gan_enhance.config import Params, load_params
 from gan_enhance.device import TELEMETRY_OFF
-from gan_enhance.lifecycle.errors import RegistryError
+from gan_enhance.errors import GanEnhanceError
 
 PARAMS_FILE = "params.yaml"
 VENV_BIN = Path(sys.executable).parent
@@ -34,20 +34,15 @@ class StepError(RuntimeError):
         self.transient = transient
 
 
-def permanent_errors() -> tuple[type[BaseException], ...]:
-    """Errors that the same inputs will raise again: bad params, data, models or registry state, and timeouts."""
-    from gan_enhance.data.prepare import PrepareError
-    from gan_enhance.data.sources import SourceError
-    from gan_enhance.evaluation.stage import EvaluationError
-    from gan_enhance.models.artifact import ArtifactError
-
-    return (ParamsError, RegistryError, PrepareError, SourceError, EvaluationError, ArtifactError, TimeoutError)
+# errors that the same inputs will raise again: the project's own (bad params, data, models or registry state,
+# each a GanEnhanceError) and timeouts
+PERMANENT_ERRORS = (GanEnhanceError, TimeoutError)
 
 
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, StepError):
         return exc.transient
-    return not isinstance(exc, permanent_errors())
+    return not isinstance(exc, PERMANENT_ERRORS)
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:

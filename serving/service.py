@@ -3,7 +3,7 @@
 `make bento` imports that version from the MLflow registry into the BentoML model store as `gan-enhance-champion`
 (labels: registered model, version, alias) and builds the bento around this file. Every forward pass goes through
 the project's Enhancer (overlapping tiles, alpha kept, 16-bit grayscale kept). Request checks, decoding and encoding
-live in gan_enhance.serving_io; this file only wires them to HTTP.
+live in the gan_enhance.serving package; this file only wires them to HTTP.
 
     POST /enhance         multipart: image (file), mask (file; inpainting models), format (png|jpeg|webp),
                           quality (1-100) -> the enhanced image
@@ -12,7 +12,7 @@ live in gan_enhance.serving_io; this file only wires them to HTTP.
     GET  /model           registered name, version, alias, task, scale, metrics, serving settings
     GET  /livez, /readyz  liveness; readiness (model loaded and warmed up)   GET /  Swagger UI
 
-Settings: GAN_ENHANCE_SERVE_* environment variables (gan_enhance.serving_io.ServeSettings).
+Settings: GAN_ENHANCE_SERVE_* environment variables (gan_enhance.serving.settings.ServeSettings).
 """
 
 from __future__ import annotations
@@ -34,23 +34,17 @@ from starlette.responses import JSONResponse, Response
 
 from gan_enhance.device import disable_telemetry
 from gan_enhance.inference import Enhancer
-from gan_enhance.serving_io import (
+from gan_enhance.serving.codec import OutputFormat, check_batch, decode_mask, decode_upload, encode_image
+from gan_enhance.serving.errors import RequestError
+from gan_enhance.serving.guard import RequestGuard, guard_routes
+from gan_enhance.serving.model import (
     BENTO_MODEL,
-    OutputFormat,
-    RequestError,
-    RequestGuard,
-    ServeSettings,
-    check_batch,
     check_request_kind,
-    decode_mask,
-    decode_upload,
     describe_model,
-    encode_image,
-    enhance_uint8_batch,
     generator_dir,
-    guard_routes,
     model_config,
 )
+from gan_enhance.serving.settings import ServeSettings
 
 disable_telemetry()
 SETTINGS = ServeSettings.from_env()
@@ -103,15 +97,8 @@ class EnhanceService:
         }
         self.description = describe_model(info.labels, info.metadata, self.enhancer.card, str(info.tag), serving)
         self.model_header = f"{self.description['registered_model']}/{self.description['version']}"
-        self._warm_up()  # before /readyz says yes
+        self.enhancer.warm_up()  # before /readyz says yes
         self.ready = True
-
-    def _warm_up(self) -> None:
-        if self.enhancer.card.inputs == "latent":
-            self.enhancer.sample(1)
-            return
-        mask = np.zeros((16, 16), bool) if self.enhancer.takes_mask else None
-        self.enhancer.enhance_array(np.zeros((16, 16, 3), np.uint8), mask=mask)
 
     def __is_ready__(self) -> bool:
         return self.ready
@@ -176,7 +163,7 @@ class EnhanceService:
         except RequestError as exc:
             raise bentoml.exceptions.InvalidArgument(f"{exc.problem}; {exc.fix}") from None
         with self.compute:
-            return enhance_uint8_batch(self.enhancer, images)
+            return self.enhancer.enhance_batch(images)
 
 
 EnhanceService.add_asgi_middleware(RequestGuard, routes=guard_routes(SETTINGS))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from gan_enhance.device import TELEMETRY_OFF
+from gan_enhance.servers import HOST, free_port, server_process, stop
 
 from .conftest import REPO
-from .servers import HOST, free_port, server_process, stop
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -19,7 +19,7 @@ from gan_enhance.inference import Enhancer
 from gan_enhance.lifecycle.promotion import promote
 from gan_enhance.lifecycle.register import register
 from gan_enhance.training.checkpoint import list_checkpoints
-from gan_enhance.training.trainer import train
+from gan_enhance.training.stage import train
 
 from .conftest import photo_crops, tiny_params_tree
 

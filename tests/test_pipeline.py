@@ -20,7 +20,7 @@ from gan_enhance.data.prepare import prepare
 from gan_enhance.evaluation.stage import evaluate
 from gan_enhance.inference import Enhancer
 from gan_enhance.training.checkpoint import list_checkpoints
-from gan_enhance.training.trainer import train
+from gan_enhance.training.stage import train
 
 CLI = [sys.executable, "-m", "gan_enhance.cli"]
 

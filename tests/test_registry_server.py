@@ -33,12 +33,13 @@ from gan_enhance.inference import Enhancer
 from gan_enhance.lifecycle.errors import RegistryError
 from gan_enhance.lifecycle.promotion import promote, rollback
 from gan_enhance.lifecycle.register import register
+from gan_enhance.lifecycle.registry import load_enhancer
 from gan_enhance.lifecycle.server import HOST, server_command
 from gan_enhance.models.artifact import ModelCard, save_generator
-from gan_enhance.training.trainer import train
+from gan_enhance.servers import free_port, server_process
+from gan_enhance.training.stage import train
 
 from .conftest import tiny_params_tree
-from .servers import free_port, server_process
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "gan_enhance.cli"]
@@ -260,18 +261,18 @@ def test_champion_loads_by_alias_like_the_in_process_enhancer(evaluated: Path, m
     np.testing.assert_array_equal(predicted, expected)
     assert pyfunc.predict(images[:1, :20, :28]).shape == (1, 40, 56, 3)  # dynamic batch, height and width
 
-    remote = Enhancer.from_registry(name, tracking_uri=mlflow_server.url, device="cpu", tile=32, tile_pad=8)
+    remote = load_enhancer(name, tracking_uri=mlflow_server.url, device="cpu", tile=32, tile_pad=8)
     np.testing.assert_array_equal(np.stack([remote.enhance_array(image) for image in images]), expected)
 
 
 def test_missing_champion_and_model_are_named(evaluated: Path, mlflow_server: Server):
     register(params_for(evaluated, "reg-nochamp"), base=evaluated)
     with pytest.raises(RegistryError) as info:
-        Enhancer.from_registry("reg-nochamp", tracking_uri=mlflow_server.url)
+        load_enhancer("reg-nochamp", tracking_uri=mlflow_server.url)
     assert "'reg-nochamp' has no version with alias 'champion'" in str(info.value)
     assert "gan-enhance promote" in str(info.value)
     with pytest.raises(RegistryError, match="no registered model 'reg-nobody'"):
-        Enhancer.from_registry("reg-nobody", tracking_uri=mlflow_server.url)
+        load_enhancer("reg-nobody", tracking_uri=mlflow_server.url)
 
     rollback_cli = subprocess.run(
         [*CLI, "rollback", "-S", "registry.model_name=reg-nochamp"], cwd=evaluated, capture_output=True, text=True
@@ -284,7 +285,7 @@ def test_missing_champion_and_model_are_named(evaluated: Path, mlflow_server: Se
     )
     assert promote_cli.returncode == 0, promote_cli.stderr
     assert "promoted: reg-nochamp version 1: first champion" in promote_cli.stdout
-    assert Enhancer.from_registry("reg-nochamp", tracking_uri=mlflow_server.url).card.scale == 2
+    assert load_enhancer("reg-nochamp", tracking_uri=mlflow_server.url).card.scale == 2
 
 
 def test_broken_artifact_is_reported_and_the_alias_stays(evaluated: Path, mlflow_server: Server, tmp_path: Path):
@@ -307,7 +308,7 @@ def test_broken_artifact_is_reported_and_the_alias_stays(evaluated: Path, mlflow
     assert _champion(mlflow_server, name) == "1"
     assert _client(mlflow_server).get_model_version(name, "2").tags["promotion.decision"] == "refused"
     with pytest.raises(RegistryError, match="broken or missing artifacts"):
-        Enhancer.from_registry(name, alias="challenger", tracking_uri=mlflow_server.url)
+        load_enhancer(name, alias="challenger", tracking_uri=mlflow_server.url)
 
 
 def test_concurrent_registrations_corrupt_nothing(evaluated: Path, mlflow_server: Server, tmp_path: Path):
@@ -332,7 +333,7 @@ def test_concurrent_registrations_corrupt_nothing(evaluated: Path, mlflow_server
     assert same_record["version"] == str(by_fid[_baseline(evaluated)["fid"]].version)
     challenger = _client(mlflow_server).get_model_version_by_alias(name, "challenger")
     assert str(challenger.version) in {str(v.version) for v in versions}
-    Enhancer.from_registry(name, alias="challenger", tracking_uri=mlflow_server.url, device="cpu")
+    load_enhancer(name, alias="challenger", tracking_uri=mlflow_server.url, device="cpu")
 
 
 def _rows_in_ui(url: str) -> dict[str, str]:
@@ -407,5 +408,5 @@ def test_local_sqlite_store_and_a_model_trained_without_tracking(tiny_project: P
     mlflow.set_registry_uri(uri)
     predicted = mlflow.pyfunc.load_model("models:/gan-enhance-sr-x2@champion").predict(images)
     np.testing.assert_array_equal(predicted, expected)
-    from_registry = Enhancer.from_registry("gan-enhance-sr-x2", tracking_uri=uri, device="cpu")
+    from_registry = load_enhancer("gan-enhance-sr-x2", tracking_uri=uri, device="cpu")
     np.testing.assert_array_equal(from_registry.enhance_array(images[0]), expected[0])

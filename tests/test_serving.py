@@ -15,7 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from .serving_support import bentoml_home, register_tiny_champion, serve
+from gan_enhance.serving.local import bentoml_home
+
+from .serving_support import register_tiny_champion, serve
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +44,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path) -> dic
 
 @pytest.fixture(scope="module")
 def url(champion: dict, tmp_path_factory: pytest.TempPathFactory):
-    from gan_enhance.bento import import_champion
+    from gan_enhance.serving.bento import import_champion
 
     with bentoml_home(tmp_path_factory.mktemp("bentoml")):
         import_champion(champion["model_name"], champion["tracking_uri"])
@@ -54,11 +56,11 @@ def url(champion: dict, tmp_path_factory: pytest.TempPathFactory):
 def enhancer(champion: dict):
     """The in-process reference: the same champion, loaded from the registry, with the server's tiling and
     torch thread count."""
-    from gan_enhance.inference import Enhancer
+    from gan_enhance.lifecycle.registry import load_enhancer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(int(SERVER_ENV["GAN_ENHANCE_SERVE_TORCH_THREADS"]))
-    yield Enhancer.from_registry(
+    yield load_enhancer(
         champion["model_name"], "champion", champion["tracking_uri"], device="cpu", tile=TILE, tile_pad=TILE_PAD
     )
     torch.set_num_threads(threads)
@@ -312,7 +314,7 @@ def test_bento_builds_exports_and_serves_from_the_archive(url: str, champion: di
     import subprocess
     import sys
 
-    from gan_enhance.bento import archive_members, main
+    from gan_enhance.serving.bento import archive_members, main
 
     out = tmp_path / "dist"
     assert main(["--params", str(champion["params_file"]), "--out", str(out)]) == 0
@@ -339,7 +341,7 @@ def test_bento_builds_exports_and_serves_from_the_archive(url: str, champion: di
     )
     assert checked.returncode == 0 and champion["model_name"] in checked.stdout, checked.stderr[-2000:]
 
-    from .serving_support import serve_process
+    from gan_enhance.serving.local import serve_process
 
     # served the way the container's entry point does, with a short timeout to see it enforced
     with serve_process("gan-enhance:latest", env={**env, "GAN_ENHANCE_SERVE_TIMEOUT_S": "1"}) as (address, _):

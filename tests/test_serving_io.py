@@ -10,18 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from gan_enhance.serving_io import (
-    RequestError,
-    ServeSettings,
-    SettingsError,
-    _add_fix,
-    check_batch,
-    check_request_kind,
-    decode_mask,
-    decode_upload,
-    encode_image,
-    enhance_uint8_batch,
-)
+from gan_enhance.serving.codec import check_batch, decode_mask, decode_upload, encode_image
+from gan_enhance.serving.errors import RequestError
+from gan_enhance.serving.guard import _add_fix
+from gan_enhance.serving.model import check_request_kind
+from gan_enhance.serving.settings import ServeSettings, SettingsError
 
 
 def encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
@@ -107,7 +100,7 @@ def test_check_batch_converts_and_names_the_bad_image():
         assert words in str(caught.value), (words, caught.value)
 
 
-def test_enhance_uint8_batch_keeps_order_and_matches_single_images():
+def test_enhance_batch_keeps_order_and_matches_single_images():
     from gan_enhance.inference import Enhancer
     from gan_enhance.models.artifact import ModelCard
 
@@ -116,7 +109,7 @@ def test_enhance_uint8_batch_keeps_order_and_matches_single_images():
     enhancer = Enhancer(card.build_network(), card, "cpu", tile=16, tile_pad=4)
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(20, 20, 3), (9, 13, 3), (20, 20, 3)]]
-    out = enhance_uint8_batch(enhancer, images)
+    out = enhancer.enhance_batch(images)
     assert [o.shape for o in out] == [(40, 40, 3), (18, 26, 3), (40, 40, 3)]
     for got, image in zip(out, images, strict=True):
         assert np.abs(got.astype(int) - enhancer.enhance_array(image).astype(int)).max() <= 1
@@ -134,6 +127,7 @@ def test_each_api_fits_only_the_models_it_serves():
     refused = [
         (sr, "/enhance", True, "takes no mask"),
         (sr, "/generate", False, "does not sample"),
+        (inpaint, "/generate", False, "does not sample"),
         (inpaint, "/enhance", False, "field 'mask' is missing"),
         (inpaint, "/enhance_batch", False, "needs a mask"),
         (generate, "/enhance", False, "makes images from noise"),

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from gan_enhance.serving.local import bentoml_home, register_champion, serve_process
+
 from .conftest import tiny_params_tree
-from .serving_support import bentoml_home, register_champion, serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,8 @@ def _png(image: Image.Image) -> bytes:
 @pytest.fixture(scope="module", params=list(TASKS))
 def served(request, tmp_path_factory: pytest.TempPathFactory, tiny_source: Path):
     """(task, url, in-process Enhancer of the same champion at the server's thread count)."""
-    from gan_enhance.bento import import_champion
-    from gan_enhance.inference import Enhancer
+    from gan_enhance.lifecycle.registry import load_enhancer
+    from gan_enhance.serving.bento import import_champion
 
     task = request.param
     root = tmp_path_factory.mktemp(f"registry-{task}")
@@ -49,9 +50,7 @@ def served(request, tmp_path_factory: pytest.TempPathFactory, tiny_source: Path)
     champion = register_champion(root, tree)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    enhancer = Enhancer.from_registry(
-        champion["model_name"], "champion", champion["tracking_uri"], device="cpu", tile=0
-    )
+    enhancer = load_enhancer(champion["model_name"], "champion", champion["tracking_uri"], device="cpu", tile=0)
     with bentoml_home(tmp_path_factory.mktemp(f"bentoml-{task}")):
         import_champion(champion["model_name"], champion["tracking_uri"])
         # a process of its own: bentoml.serve in this process would reuse the first task's imported service

@@ -10,8 +10,9 @@ from typing import Annotated
 import typer
 import yaml
 
-from gan_enhance.config import ParamsError, load_params, parse_overrides
+from gan_enhance.config import load_params, parse_overrides
 from gan_enhance.device import disable_telemetry
+from gan_enhance.errors import GanEnhanceError
 
 app = typer.Typer(
     help="Train, evaluate and apply GAN image-enhancement generators. Stages read params.yaml; "
@@ -64,7 +65,7 @@ def prepare(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
 @app.command()
 def train(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Train the GAN (resumes from the newest matching checkpoint) and export the EMA generator."""
-    from gan_enhance.training.trainer import train as run_train
+    from gan_enhance.training.stage import train as run_train
 
     result = run_train(_params(params_file, set_))
     typer.echo(
@@ -189,7 +190,7 @@ def enhance(
     if not files:
         _fail("no images found in the given inputs (PNG, JPEG, WebP, TIFF, BMP)")
     enhancer = Enhancer.from_dir(model, device=device, tile=tile, tile_pad=tile_pad)
-    if enhancer.card.inputs == "latent":
+    if not enhancer.takes_images:
         _fail(f"{model} is a generation model: it makes images from noise; use `gan-enhance sample -m {model}`")
     if enhancer.takes_mask and masks is None:
         _fail(f"{model} is an inpainting model: pass --masks DIR, masks named like the inputs, white = fill in")
@@ -239,7 +240,7 @@ def sample(
 
     disable_telemetry()
     enhancer = Enhancer.from_dir(model, device=device)
-    if enhancer.card.inputs != "latent":
+    if enhancer.takes_images:
         _fail(f"{model} is a '{enhancer.card.task}' model, not a generation model; use `gan-enhance enhance`")
     images = enhancer.sample(n, seed=seed)
     output.mkdir(parents=True, exist_ok=True)
@@ -252,15 +253,9 @@ def sample(
 
 def main() -> None:
     """Entry point that turns known errors into one clear line and exit code 2."""
-    from gan_enhance.data.prepare import PrepareError
-    from gan_enhance.data.sources import SourceError
-    from gan_enhance.evaluation.stage import EvaluationError
-    from gan_enhance.lifecycle.errors import RegistryError
-    from gan_enhance.models.artifact import ArtifactError
-
     try:
         app()
-    except (ParamsError, PrepareError, SourceError, EvaluationError, ArtifactError, RegistryError) as exc:
+    except GanEnhanceError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 

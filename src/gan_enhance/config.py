@@ -11,15 +11,18 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gan_enhance.errors import GanEnhanceError
+from gan_enhance.kinds import KINDS, KindName
+
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(GanEnhanceError, ValueError):
     """Parameters that cannot be used; the message names each bad key and what is allowed."""
 
 
@@ -61,10 +64,12 @@ class DataParams(_Section):
 
 
 class SRParams(_Section):
+    kind: ClassVar[KindName] = "paired"
     scale: Literal[2, 3, 4] = 4
 
 
 class DenoiseParams(_Section):
+    kind: ClassVar[KindName] = "paired"
     sigma: float | tuple[float, float] = Field(
         (5.0, 50.0),
         description="Gaussian noise std on the 0-255 scale, fixed or a [low, high] range for training.",
@@ -88,6 +93,7 @@ def _check_range(value: tuple[float, float], low: float, high: float) -> tuple[f
 
 
 class InpaintParams(_Section):
+    kind: ClassVar[KindName] = "masked"
     hole_ratio: tuple[float, float] = Field(
         (0.1, 0.4), description="Fraction of pixels masked (strokes and boxes), drawn per image from [min, max]."
     )
@@ -99,6 +105,7 @@ class InpaintParams(_Section):
 
 
 class TranslateParams(_Section):
+    kind: ClassVar[KindName] = "unpaired"
     source_b: str = Field(
         "warm_film",
         description="Domain B: a folder of images, or 'warm_film': data.source's images, sorted by name, dealt "
@@ -117,12 +124,14 @@ class TranslateParams(_Section):
 
 
 class GenerateParams(_Section):
+    kind: ClassVar[KindName] = "unconditional"
     image_size: Literal[32, 64] = Field(
         32, description="Side of the generated images; training images are centre-cropped and resized to it."
     )
 
 
 TaskName = Literal["sr", "denoise", "inpaint", "translate", "generate"]
+TaskOptions = SRParams | DenoiseParams | InpaintParams | TranslateParams | GenerateParams
 
 
 class TaskParams(_Section):
@@ -134,6 +143,11 @@ class TaskParams(_Section):
     inpaint: InpaintParams = InpaintParams()
     translate: TranslateParams = TranslateParams()
     generate: GenerateParams = GenerateParams()
+
+    @property
+    def options(self) -> TaskOptions:
+        """The chosen task's own section (its `kind` says which trainer, evaluation and inference fit)."""
+        return getattr(self, self.name)
 
 
 class ArchParams(BaseModel):
@@ -163,7 +177,9 @@ class TrainParams(_Section):
     checkpoint_dir: Path = Path("models/checkpoints")
     report_dir: Path = Path("reports/train")
     steps: int = Field(3000, ge=1)
-    warmup_steps: int = Field(2000, ge=0, description="Steps of pixel loss only before the adversarial phase.")
+    warmup_steps: int = Field(
+        2000, ge=0, description="Paired tasks: steps of pixel loss only before the adversarial phase (<= steps)."
+    )
     batch_size: int = Field(16, ge=1, le=4096)
     patch_size: int = Field(96, ge=16, le=1024, description="Side of the target (high-resolution) patches.")
     lr_g: float = Field(5e-4, gt=0, le=1)
@@ -190,12 +206,6 @@ class TrainParams(_Section):
         if not all(0 <= b < 1 for b in value):
             raise ValueError(f"betas must each lie in [0, 1); got {list(value)}")
         return value
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> TrainParams:
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
-        return self
 
 
 class EvaluateParams(_Section):
@@ -287,6 +297,9 @@ class Params(_Section):
             check_arch("discriminator", self.model.discriminator.name, self.model.discriminator.kwargs)
         except ValueError as exc:
             raise ValueError(f"model.discriminator: {exc}") from None
+        kind = KINDS[self.task.options.kind]
+        if "warmup_steps" not in kind.unread_train_keys and self.train.warmup_steps > self.train.steps:
+            raise ValueError(f"train.warmup_steps ({self.train.warmup_steps}) exceeds steps ({self.train.steps})")
         scale = self.task.sr.scale if self.task.name == "sr" else 1
         if self.train.patch_size % scale:
             raise ValueError(f"train.patch_size ({self.train.patch_size}) must be a multiple of the scale ({scale})")
@@ -295,6 +308,15 @@ class Params(_Section):
                 f"evaluate.fid_crop_size ({self.evaluate.fid_crop_size}) must be a multiple of the scale ({scale})"
             )
         return self
+
+    def unread_train_settings(self) -> dict[str, Any]:
+        """train.* keys set away from their defaults that the task's trainer does not read, with their values."""
+        defaults = TrainParams()
+        return {
+            key: getattr(self.train, key)
+            for key in KINDS[self.task.options.kind].unread_train_keys
+            if getattr(self.train, key) != getattr(defaults, key)
+        }
 
     def fingerprint(self, *sections: str) -> str:
         """Stable hash of the named sections (all when none are named)."""

@@ -1,29 +1,42 @@
 """A task is data: how inputs are made from targets, which classical baselines apply, how metrics are taken.
 
 The trainer, the evaluation stage and the Enhancer ask the task; none of them branches on its name.
-New tasks register a builder in TASKS. `kind` says which trainer and which evaluation fit the task
-(paired: input made from its target; unpaired: two domains; unconditional: noise in, image out) and `inputs`
-what the generator takes (image, image+mask or latent noise), which the model card carries to the Enhancer.
+New tasks register a builder in TASKS. A task's options are its own params section (config.py), whose `kind`
+(gan_enhance.kinds) says which trainer, evaluation and inference class fit the task (paired: input made from its
+target; masked: the same with a hole mask; unpaired: two domains; unconditional: noise in, image out) and so what
+the generator takes (`inputs`: image, image+mask or latent noise), which the model card carries to the Enhancer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from gan_enhance.config import TaskParams
+from gan_enhance.config import (
+    DenoiseParams,
+    GenerateParams,
+    InpaintParams,
+    SRParams,
+    TaskName,
+    TaskOptions,
+    TaskParams,
+    TranslateParams,
+)
 from gan_enhance.data.degradations import add_gaussian_noise, bicubic_down, bicubic_up, crop_to_multiple
 from gan_enhance.data.masks import random_mask
-from gan_enhance.training import losses
+from gan_enhance.kinds import KINDS, InputsName, KindName
 
 # (input float32 HxWx3 in [0,1], hole mask HxW bool or None) -> output float32, target size
 Baseline = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
-IN_CHANNELS = {"image": 3, "image+mask": 4, "latent": 3}
+# (output, target) -> scalar: the trainer's pixel loss (train.pixel_loss)
+PixelLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MetricSpace = Literal["rgb", "y"]
+IN_CHANNELS: dict[InputsName, int] = {"image": 3, "image+mask": 4, "latent": 3}
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
@@ -40,13 +53,19 @@ def to_tensor(batch: np.ndarray) -> torch.Tensor:
 class Task:
     """Base: subclasses fill in the degradation and the baselines."""
 
-    name: str
+    name: TaskName
+    options: TaskOptions
     scale: int = 1
-    metric_space: str = "rgb"  # "y": BT.601 luma as SR papers report; "rgb": all channels
+    metric_space: MetricSpace = "rgb"  # "y": BT.601 luma as SR papers report; "rgb": all channels
     crop_border: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-    kind: str = "paired"  # paired | unpaired | unconditional
-    inputs: str = "image"  # image | image+mask | latent
+
+    @property
+    def kind(self) -> KindName:
+        return self.options.kind
+
+    @property
+    def inputs(self) -> InputsName:
+        return KINDS[self.kind].inputs
 
     @property
     def in_channels(self) -> int:
@@ -90,12 +109,15 @@ class Task:
         """Deterministic hole mask (bool HxW) for tasks whose model takes one."""
         return None
 
-    def pixel_loss(self, kind: str, output: torch.Tensor, target: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-        """The paired trainer's pixel loss; `inp` is the model input (tasks may weight regions by it)."""
-        return losses.pixel_loss(kind, output, target)
+    def pixel_loss(
+        self, loss: PixelLoss, output: torch.Tensor, target: torch.Tensor, inp: torch.Tensor
+    ) -> torch.Tensor:
+        """The paired trainer's pixel loss `loss`, as the task applies it; `inp` is the model input (tasks may
+        weight regions by it)."""
+        return loss(output, target)
 
     def card_params(self) -> dict[str, Any]:
-        return {"name": self.name, "scale": self.scale, **self.options}
+        return {"name": self.name, "scale": self.scale, **self.options.model_dump(mode="json")}
 
     def card_fields(self) -> dict[str, Any]:
         """Model card fields that a model must carry to fit this task (the evaluation checks them)."""
@@ -104,7 +126,8 @@ class Task:
 
 @dataclass(frozen=True)
 class SuperResolution(Task):
-    metric_space: str = "y"
+    options: SRParams
+    metric_space: MetricSpace = "y"
 
     @property
     def variant(self) -> str:
@@ -119,10 +142,12 @@ class SuperResolution(Task):
 
 @dataclass(frozen=True)
 class Denoise(Task):
+    options: DenoiseParams
+
     def _sigma(self, rng: np.random.Generator, training: bool) -> float:
         if not training:
-            return float(self.options["eval_sigma"])
-        sigma = self.options["sigma"]
+            return float(self.options.eval_sigma)
+        sigma = self.options.sigma
         return float(sigma) if isinstance(sigma, int | float) else float(rng.uniform(*sigma))
 
     def degrade(self, target: np.ndarray, rng: np.random.Generator, training: bool) -> np.ndarray:
@@ -131,7 +156,7 @@ class Denoise(Task):
     def baselines(self) -> dict[str, Baseline]:
         from skimage.restoration import denoise_nl_means
 
-        sigma = float(self.options["eval_sigma"]) / 255.0
+        sigma = float(self.options.eval_sigma) / 255.0
 
         def nl_means(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
             out = denoise_nl_means(
@@ -146,10 +171,10 @@ class Denoise(Task):
 class Inpaint(Task):
     """Fill holes: the input is the image with holes plus the mask channel (1 = hole)."""
 
-    inputs: str = "image+mask"
+    options: InpaintParams
 
     def _mask(self, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return random_mask(target.shape[0], target.shape[1], rng, tuple(self.options["hole_ratio"]))
+        return random_mask(target.shape[0], target.shape[1], rng, tuple(self.options.hole_ratio))
 
     def degrade(self, target: np.ndarray, rng: np.random.Generator, training: bool) -> np.ndarray:
         """float32 HxWx4: the image with holes painted white, and the mask."""
@@ -161,11 +186,13 @@ class Inpaint(Task):
     def eval_mask(self, target: np.ndarray, seed: int) -> np.ndarray:
         return self._mask(target, np.random.default_rng(seed))
 
-    def pixel_loss(self, kind: str, output: torch.Tensor, target: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    def pixel_loss(
+        self, loss: PixelLoss, output: torch.Tensor, target: torch.Tensor, inp: torch.Tensor
+    ) -> torch.Tensor:
         """Loss on the valid region plus hole_weight x the loss inside the holes (Liu et al. 2018)."""
         hole = inp[:, 3:4]
-        valid = losses.pixel_loss(kind, output * (1 - hole), target * (1 - hole))
-        return valid + self.options["hole_weight"] * losses.pixel_loss(kind, output * hole, target * hole)
+        valid = loss(output * (1 - hole), target * (1 - hole))
+        return valid + self.options.hole_weight * loss(output * hole, target * hole)
 
     def baselines(self) -> dict[str, Baseline]:
         """scikit-image's biharmonic inpainting (the baseline gains are taken against), and the mean of the
@@ -197,15 +224,15 @@ def _with_holes(target: np.ndarray, mask: np.ndarray, with_mask: bool) -> np.nda
 class Translate(Task):
     """Unpaired translation from domain A (data.source) to domain B (source_b), or back (direction b2a)."""
 
-    kind: str = "unpaired"
+    options: TranslateParams
 
     @property
     def variant(self) -> str:
-        return f"translate-{self.options['direction']}"
+        return f"translate-{self.options.direction}"
 
     @property
     def source_b(self) -> str:
-        return str(self.options["source_b"])
+        return self.options.source_b
 
     def degrade(self, target: np.ndarray, rng: np.random.Generator, training: bool) -> np.ndarray:
         return target
@@ -214,19 +241,18 @@ class Translate(Task):
         return {"identity": lambda x, mask: x}
 
     def card_fields(self) -> dict[str, Any]:
-        return {**super().card_fields(), "direction": self.options["direction"]}
+        return {**super().card_fields(), "direction": self.options.direction}
 
 
 @dataclass(frozen=True)
 class Generate(Task):
     """Unconditional generation: latent noise in, an image_size x image_size image out."""
 
-    kind: str = "unconditional"
-    inputs: str = "latent"
+    options: GenerateParams
 
     @property
     def image_size(self) -> int:
-        return int(self.options["image_size"])
+        return self.options.image_size
 
     def min_side(self, patch_size: int) -> int:
         return self.image_size
@@ -247,16 +273,17 @@ class Generate(Task):
         return {**super().card_fields(), "image_size": self.image_size}
 
 
-TASKS: dict[str, Callable[[TaskParams], Task]] = {
-    "sr": lambda p: SuperResolution("sr", scale=p.sr.scale, crop_border=p.sr.scale),
-    "denoise": lambda p: Denoise("denoise", options={"sigma": p.denoise.sigma, "eval_sigma": p.denoise.eval_sigma}),
-    "inpaint": lambda p: Inpaint("inpaint", options=p.inpaint.model_dump(mode="json")),
-    "translate": lambda p: Translate("translate", options=p.translate.model_dump(mode="json")),
-    "generate": lambda p: Generate("generate", options=p.generate.model_dump(mode="json")),
+TASKS: dict[TaskName, Callable[[TaskParams], Task]] = {
+    "sr": lambda p: SuperResolution("sr", p.sr, scale=p.sr.scale, crop_border=p.sr.scale),
+    "denoise": lambda p: Denoise("denoise", p.denoise),
+    "inpaint": lambda p: Inpaint("inpaint", p.inpaint),
+    "translate": lambda p: Translate("translate", p.translate),
+    "generate": lambda p: Generate("generate", p.generate),
 }
 
 
 def build_task(params: TaskParams) -> Task:
+    """The task params.task names, with its own section as options."""
     return TASKS[params.name](params)
 
 

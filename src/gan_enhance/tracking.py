@@ -1,13 +1,18 @@
-"""MLflow tracking set-up shared by every stage: absolute URI, experiment, lineage tags."""
+"""MLflow tracking set-up shared by every stage: absolute URI, experiment, lineage tags. MLflow itself is imported
+only where it is used, so that importing this module stays cheap."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gan_enhance.config import TrackingParams
+from gan_enhance.errors import GanEnhanceError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 DVC_TAGS = ("DVC_EXP_NAME", "DVC_STAGE", "DVC_ROOT")
 
@@ -29,6 +34,27 @@ def artifact_location(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
     return None
+
+
+class ExperimentError(GanEnhanceError, RuntimeError):
+    """An MLflow experiment that can be neither found nor created."""
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The id of the experiment `name` in the client's store, created when missing with its artifacts where
+    `artifact_location` puts them; one created by a concurrent process in the meantime is found instead.
+    ExperimentError when it can be neither found nor created."""
+    from mlflow.exceptions import MlflowException
+
+    for _ in range(2):  # a concurrent process may create the experiment between get and create
+        experiment = client.get_experiment_by_name(name)
+        if experiment:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri))
+        except MlflowException:
+            continue
+    raise ExperimentError(f"could not create or find the MLflow experiment '{name}' at {client.tracking_uri}")
 
 
 def git_commit(base: Path = Path(".")) -> str | None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from gan_enhance.errors import GanEnhanceError
+
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
-class ImageError(ValueError):
+class ImageError(GanEnhanceError, ValueError):
     """An image that cannot be used, with the reason."""
 
 

@@ -19,6 +19,7 @@ from gan_enhance.config import DataParams, Params
 from gan_enhance.data.domains import domain_sources
 from gan_enhance.data.image_io import ImageError, to_uint8
 from gan_enhance.data.sources import SourceImage, list_source
+from gan_enhance.errors import GanEnhanceError
 from gan_enhance.tasks import build_task
 
 SPLITS = ("train", "val", "test")
@@ -27,7 +28,7 @@ REPORT_FILE = "report.json"
 DOMAIN_B_DIR = "domain_b"  # two-domain tasks (translate): domain B, prepared like the main folder
 
 
-class PrepareError(RuntimeError):
+class PrepareError(GanEnhanceError, RuntimeError):
     """The source gave nothing usable; the message says how many images were rejected and why."""
 
 

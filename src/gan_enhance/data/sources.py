@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from gan_enhance.data.image_io import SUPPORTED_SUFFIXES, ImageError, read_image
+from gan_enhance.errors import GanEnhanceError
 
 # Real photographs that installed packages ship (no download); licences are listed in the README.
 # motorcycle_right is left out: it is the stereo twin of motorcycle_left and would leak across splits.
@@ -58,7 +59,7 @@ class SourceImage:
         return read_image(self.path, max_pixels=max_pixels)[0]
 
 
-class SourceError(ValueError):
+class SourceError(GanEnhanceError, ValueError):
     """A data source that cannot be listed."""
 
 

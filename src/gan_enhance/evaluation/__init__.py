@@ -1,1 +1,2 @@
-"""Metrics (PSNR/SSIM as papers report them, FID/KID with the standard Inception), baselines, the stage."""
+"""Metrics (PSNR/SSIM as papers report them, FID/KID with the standard Inception), test sets, one evaluation per
+task kind, reports, and the evaluate stage."""

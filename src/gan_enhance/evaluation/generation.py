@@ -12,7 +12,8 @@ from PIL import Image
 
 from gan_enhance.config import Params
 from gan_enhance.evaluation.metrics import fid_kid, inception_features
-from gan_enhance.evaluation.stage import MODEL, assemble_result, load_test_split, protocol
+from gan_enhance.evaluation.report import MODEL, assemble_result, protocol
+from gan_enhance.evaluation.testsets import load_test_split
 from gan_enhance.inference import Enhancer
 from gan_enhance.tasks import Task
 from gan_enhance.visual import image_grid

@@ -4,7 +4,6 @@ untouched). Crops are seeded, spread over the images, as in the paired evaluatio
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,11 @@ from tqdm import tqdm
 from gan_enhance.config import Params
 from gan_enhance.data.prepare import DOMAIN_B_DIR
 from gan_enhance.evaluation.metrics import fid_kid, inception_features
-from gan_enhance.evaluation.stage import MODEL, TestImage, assemble_result, crop_positions, load_test_split, protocol
+from gan_enhance.evaluation.report import MODEL, assemble_result, protocol
+from gan_enhance.evaluation.testsets import TestImage, crop_positions, crops, load_test_split, test_set_hash
 from gan_enhance.inference import Enhancer
 from gan_enhance.tasks import Task
 from gan_enhance.visual import image_grid, to_u8
-
-
-def _crops(images: list[np.ndarray], positions: list[tuple[int, int, int]], size: int) -> list[np.ndarray]:
-    return [images[i][top : top + size, left : left + size] for i, top, left in positions]
 
 
 def _centre(image: np.ndarray, side: int) -> np.ndarray:
@@ -48,7 +44,7 @@ def evaluate_translation(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], Image.Image]:
     ev = params.evaluate
     domains = {"a": load_test_split(params, task, base), "b": load_test_split(params, task, base, DOMAIN_B_DIR)}
-    source, target = ("a", "b") if task.options["direction"] == "a2b" else ("b", "a")
+    source, target = ("a", "b") if task.options.direction == "a2b" else ("b", "a")
     inputs, references = domains[source], domains[target]
     methods: dict[str, list[np.ndarray]] = {MODEL: []}
     baselines = task.baselines()
@@ -61,16 +57,15 @@ def evaluate_translation(
     size = ev.fid_crop_size
     real_at = crop_positions([t.target.shape[:2] for t in references], ev.fid_crops, size, ev.seed)
     fake_at = crop_positions([t.target.shape[:2] for t in inputs], ev.fid_crops, size, ev.seed + 1)
-    real = inception_features(_crops([t.target for t in references], real_at, size))
+    real = inception_features(crops([t.target for t in references], real_at, size))
     summary = {
-        method: fid_kid(real, inception_features(_crops(outputs, fake_at, size)), ev.kid_subset_size, ev.seed)
+        method: fid_kid(real, inception_features(crops(outputs, fake_at, size)), ev.kid_subset_size, ev.seed)
         for method, outputs in tqdm(methods.items(), desc="FID/KID", unit="method", disable=None)
     }
-    reference_hash = hashlib.sha256("".join(sorted(t.sha256 for t in references)).encode()).hexdigest()[:16]
     protocol_block = {
         **protocol(params, task, inputs),
-        "direction": task.options["direction"],
-        "reference_set_hash": reference_hash,
+        "direction": task.options.direction,
+        "reference_set_hash": test_set_hash(references),
         "reference_images": len(references),
     }
     grid = translation_grid(inputs, methods, references, ev.grid_images)

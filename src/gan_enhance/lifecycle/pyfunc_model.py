@@ -23,29 +23,26 @@ GENERATOR_ARTIFACT = "generator"  # artifacts/generator/ in the version: generat
 LINEAGE_ARTIFACT = "lineage"  # artifacts/lineage/: metrics.json, params.yaml, dvc.lock
 DEFAULT_CONFIG: dict[str, Any] = {"device": "auto", "tile": 256, "tile_pad": 16}
 
-_IMAGES = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
-_INPUTS = {
-    "image": _IMAGES,
-    "image+mask": TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 4)),
-    "latent": TensorSpec(np.dtype(np.int64), (-1,)),
-}
+
+def _inference_class(inputs: str) -> Any:
+    from gan_enhance.kinds import inference_ref, load
+
+    return load(inference_ref(inputs))
 
 
 def signature(inputs: str) -> ModelSignature:
-    """The signature of a version whose generator takes `inputs` (a model card's `inputs`)."""
-    return ModelSignature(inputs=Schema([_INPUTS[inputs]]), outputs=Schema([_IMAGES]))
+    """The signature of a version whose generator takes `inputs` (a model card's `inputs`): the batch its
+    inference class declares in, uint8 images out."""
+    dtype, shape = _inference_class(inputs).batch
+    return ModelSignature(
+        inputs=Schema([TensorSpec(dtype, shape)]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+    )
 
 
-def input_example(inputs: str = "image", side: int = 16) -> np.ndarray:
+def input_example(inputs: str = "image") -> np.ndarray:
     """A batch of one: a small uint8 image (with a square hole in the mask channel for inpainting), or a seed."""
-    if inputs == "latent":
-        return np.array([0], dtype=np.int64)
-    ramp = np.linspace(0, 255, side * side * 3).reshape(1, side, side, 3).astype(np.uint8)
-    if inputs == "image+mask":
-        mask = np.zeros((1, side, side, 1), np.uint8)
-        mask[:, side // 4 : side // 2, side // 4 : side // 2] = 255
-        return np.concatenate([ramp, mask], axis=3)
-    return ramp
+    return _inference_class(inputs).input_example()
 
 
 class EnhancerModel(PythonModel):
@@ -65,11 +62,4 @@ class EnhancerModel(PythonModel):
     def predict(
         self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None
     ) -> np.ndarray:
-        inputs = self.enhancer.card.inputs
-        if inputs == "latent":
-            return np.stack([self.enhancer.sample(1, seed=int(seed))[0] for seed in np.asarray(model_input).ravel()])
-        if inputs == "image+mask":
-            return np.stack(
-                [self.enhancer.enhance_array(np.ascontiguousarray(x[..., :3]), mask=x[..., 3]) for x in model_input]
-            )
-        return np.stack([self.enhancer.enhance_array(np.ascontiguousarray(image)) for image in model_input])
+        return self.enhancer.predict_batch(model_input)

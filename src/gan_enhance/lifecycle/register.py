@@ -29,7 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import gan_enhance
 from gan_enhance.config import Params
-from gan_enhance.evaluation.stage import METRICS_FILE
+from gan_enhance.evaluation.report import METRICS_FILE
 from gan_enhance.lifecycle import pyfunc_model
 from gan_enhance.lifecycle.errors import RegistryError
 from gan_enhance.lifecycle.registry import (
@@ -43,7 +43,7 @@ from gan_enhance.lifecycle.registry import (
 )
 from gan_enhance.models.artifact import CARD_FILE, WEIGHTS_FILE, ArtifactError, ModelCard, load_card
 from gan_enhance.tasks import build_task
-from gan_enhance.tracking import artifact_location, experiment_name, flatten, lineage_tags
+from gan_enhance.tracking import ExperimentError, ensure_experiment, experiment_name, flatten, lineage_tags
 
 KEY_TAG = "registration_key"
 DVC_LOCK = Path("dvc.lock")
@@ -179,16 +179,10 @@ def _run_home(client: MlflowClient, params: Params, training_run_id: str | None)
             return run.info.experiment_id, run.info.run_id
         except MlflowException:
             pass  # trained against another store: register in the task's experiment, unparented
-    name = experiment_name(params.tracking, params.task.name)
-    for _ in range(2):  # a concurrent registration may create the experiment between get and create
-        experiment = client.get_experiment_by_name(name)
-        if experiment:
-            return experiment.experiment_id, None
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri)), None
-        except MlflowException:
-            continue
-    raise RegistryError(f"could not create or find the MLflow experiment '{name}' at {client.tracking_uri}")
+    try:
+        return ensure_experiment(client, experiment_name(params.tracking, params.task.name)), None
+    except ExperimentError as exc:
+        raise RegistryError(str(exc)) from exc
 
 
 def _stage_files(evidence: Evidence, params: Params, base: Path, folder: Path) -> dict[str, Path]:

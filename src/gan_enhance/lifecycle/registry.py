@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -21,6 +21,9 @@ from gan_enhance.lifecycle.pyfunc_model import GENERATOR_ARTIFACT
 from gan_enhance.models.artifact import ArtifactError, load_generator
 from gan_enhance.tasks import build_task
 from gan_enhance.tracking import tracking_uri
+
+if TYPE_CHECKING:
+    from gan_enhance.inference import Enhancer
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -148,3 +151,22 @@ def check_artifacts(client: MlflowClient, name: str, version: str) -> None:
     """Download a version's generator and rebuild it; RegistryError names the version when that fails."""
     with fetch_generator(client, name, version) as folder:
         load_generator(folder)
+
+
+def load_enhancer(
+    name: str,
+    alias: str = CHAMPION,
+    tracking_uri: str | None = None,
+    device: str = "auto",
+    tile: int = 256,
+    tile_pad: int = 16,
+) -> Enhancer:
+    """The Enhancer for the version of registered model `name` that holds `alias`, from an MLflow server or SQLite
+    store (tracking_uri None: $MLFLOW_TRACKING_URI, else ./mlflow.db). Fails naming the model when no version
+    holds the alias, and naming the version when its artifacts are broken."""
+    from gan_enhance.inference import Enhancer
+
+    client = client_for(tracking_uri)
+    version = require_alias(client, name, alias)
+    with fetch_generator(client, name, version.version) as folder:
+        return Enhancer.from_dir(folder, device=device, tile=tile, tile_pad=tile_pad)

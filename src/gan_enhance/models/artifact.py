@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from gan_enhance.errors import GanEnhanceError
 from gan_enhance.models.registry import build
 
 WEIGHTS_FILE = "generator.safetensors"
@@ -21,7 +22,7 @@ CARD_FILE = "card.json"
 CARD_VERSION = 1
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(GanEnhanceError, RuntimeError):
     """A model folder that cannot be loaded; the message says which file and what to do."""
 
 

@@ -1,4 +1,7 @@
-"""One way to build a network: by registry name with keyword arguments from params or a model card."""
+"""One way to build a network: by registry name with keyword arguments from params or a model card.
+
+The architecture modules register themselves when the `gan_enhance.models` package is imported (its
+__init__ imports each), which importing this module always does first."""
 
 from __future__ import annotations
 
@@ -34,18 +37,12 @@ def register(kind: Kind, name: str, tasks: tuple[str, ...] = ()) -> Callable:
     return decorate
 
 
-def _ensure_loaded() -> None:
-    from gan_enhance.models import dcgan, discriminators, generators, inpainting, translation  # noqa: F401  (registration)
-
-
 def names(kind: Kind, task: str | None = None) -> list[str]:
-    _ensure_loaded()
     return sorted(n for n, e in _REGISTRY[kind].items() if task is None or not e.tasks or task in e.tasks)
 
 
 def check_arch(kind: Kind, name: str, kwargs: dict[str, Any], task: str | None = None) -> None:
     """Raise ValueError naming the problem when `name` or one of `kwargs` would not build."""
-    _ensure_loaded()
     entry = _REGISTRY[kind].get(name)
     if entry is None:
         raise ValueError(f"unknown {kind} '{name}'; choose one of: {', '.join(names(kind))}")
@@ -60,7 +57,6 @@ def check_arch(kind: Kind, name: str, kwargs: dict[str, Any], task: str | None =
 
 def build(kind: Kind, name: str, **kwargs: Any) -> nn.Module:
     """Build a registered network. Extra context (scale, channels) is passed only where accepted."""
-    _ensure_loaded()
     if name not in _REGISTRY[kind]:
         raise ValueError(f"unknown {kind} '{name}'; choose one of: {', '.join(names(kind))}")
     builder = _REGISTRY[kind][name].builder

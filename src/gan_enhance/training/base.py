@@ -1,9 +1,11 @@
 """What every trainer shares: device, task, optimizers, the loop, checkpoints with exact resume, MLflow, export.
 
-A trainer subclass loads its data (returning its hash), builds its networks, says which objects make up its
-state, and defines one training step and one validation. Each step draws its randomness from a generator seeded
-by (seed, step), and checkpoints hold every network, optimizer, scheduler, buffer and RNG state, so a run killed
-and started again ends with exactly the weights of an uninterrupted one.
+A trainer subclass loads its data (returning its hash), builds its networks and sets the optimizers and
+schedulers the loop uses (opt_g, opt_d, sched_g, sched_d), says which objects make up its state, and defines one
+training step and one validation; `update` is every optimizer step (zero grad, backward, clip, step, schedule).
+Each step draws its randomness from a generator seeded by (seed, step), and checkpoints hold every network,
+optimizer, scheduler, buffer and RNG state, so a run killed and started again ends with exactly the weights of an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import hashlib
 import json
 import shutil
 import time
+import warnings
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -29,6 +33,7 @@ from tqdm import tqdm
 import gan_enhance
 from gan_enhance.config import Params
 from gan_enhance.device import pick_device
+from gan_enhance.kinds import KINDS
 from gan_enhance.models.artifact import ModelCard, save_generator
 from gan_enhance.tasks import Task, build_task
 from gan_enhance.tracking import git_commit
@@ -77,16 +82,27 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-class BaseTrainer:
+class BaseTrainer(ABC):
     """Builds everything from Params; `run()` trains (resuming when a matching checkpoint exists)."""
 
     progress_keys: tuple[str, ...] = ()  # shown on the progress bar
     card_metric_keys: tuple[str, ...] = ()  # copied from the last logged row into the model card
+    # set by build_networks: the loop steps, logs and checkpoints them
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    sched_d: torch.optim.lr_scheduler.LRScheduler
 
     def __init__(self, params: Params, base: Path = Path("."), tracker: RunTracker | None = None) -> None:
         self.params = params
         self.base = base
         tp = params.train
+        for key, value in params.unread_train_settings().items():
+            warnings.warn(
+                f"train.{key}={value!r} has no effect: the {type(self).__name__} (task '{params.task.name}') does "
+                f"not read it; remove it or set it back to the default",
+                stacklevel=2,
+            )
         if tp.threads:
             torch.set_num_threads(tp.threads)
         self.device = pick_device(tp.device)
@@ -94,36 +110,43 @@ class BaseTrainer:
         self.data_hash = self.load_data()
         torch.manual_seed(params.seed)
         self.build_networks()
+        missing = [name for name in ("opt_g", "opt_d", "sched_g", "sched_d") if not hasattr(self, name)]
+        if missing:
+            raise TypeError(f"{type(self).__name__}.build_networks must set {', '.join(missing)}")
         self.amp = tp.amp and self.device.type == "cuda"
         self.fingerprint = self._fingerprint()
         self.tracker = tracker or RunTracker.from_params(params, base)
         self.history: list[dict[str, float]] = []
 
     # ---- what a trainer defines ---------------------------------------------------------------------
+    @abstractmethod
     def load_data(self) -> str:
         """Load the training data; return its identity (a hash)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def build_networks(self) -> None:
         """Build networks, EMA copies, optimizers and schedulers (torch's RNG is seeded just before)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def stateful(self) -> dict[str, Any]:
         """Everything with state_dict()/load_state_dict() that a checkpoint must hold, by name."""
-        raise NotImplementedError
+        ...
 
-    def train_step(self, step: int) -> dict[str, float]:
-        raise NotImplementedError
+    @abstractmethod
+    def train_step(self, step: int) -> dict[str, float]: ...
 
-    def validate(self, step: int) -> dict[str, float]:
-        raise NotImplementedError
+    @abstractmethod
+    def validate(self, step: int) -> dict[str, float]: ...
 
+    @abstractmethod
     def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
         """The network to export and the card fields it needs beyond the task's and the architecture's."""
-        raise NotImplementedError
+        ...
 
-    def set_train_mode(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def set_train_mode(self) -> None: ...
 
     # ---- shared parts -------------------------------------------------------------------------------
     def build(self, kind: str, **context: Any) -> nn.Module:
@@ -145,10 +168,21 @@ class BaseTrainer:
     def autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
-    def clip(self, *nets: nn.Module) -> None:
+    def update(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loss: torch.Tensor,
+        *nets: nn.Module,
+    ) -> None:
+        """One optimizer step on `loss`: fresh gradients, backward, gradient clipping of `nets`, step, schedule."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         if self.params.train.grad_clip > 0:
             for net in nets:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), self.params.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
 
     def fingerprint_task(self) -> dict[str, Any]:
         """The task settings that shape the weights (a trainer may leave out export-only ones)."""
@@ -156,7 +190,8 @@ class BaseTrainer:
 
     def _fingerprint(self) -> str:
         dumped = self.params.model_dump(mode="json")
-        train = {k: v for k, v in dumped["train"].items() if k not in _BOOKKEEPING}
+        unread = KINDS[self.task.kind].unread_train_keys
+        train = {k: v for k, v in dumped["train"].items() if k not in _BOOKKEEPING and k not in unread}
         key = json.dumps(
             [dumped["seed"], self.fingerprint_task(), dumped["model"], train, self.data_hash, _code_hash()],
             sort_keys=True,

@@ -3,8 +3,8 @@
 Two generators (A->B, B->A) and two PatchGAN discriminators; LSGAN adversarial losses, cycle consistency
 (A->B->A and B->A->B, L1, weight cycle_weight), identity (G_ab(b) ~ b, weight cycle_weight x identity_weight),
 and an image history buffer of pool_size fakes per discriminator. Both generators keep an EMA copy; the one for
-task.translate.direction is exported. train.gan_loss, train.weights and train.warmup_steps belong to the paired
-trainer and are not used here.
+task.translate.direction is exported. The paired trainer's train.* keys (gan_loss, weights, warmup_steps,
+pixel_loss, r1_gamma) are not read here (gan_enhance.kinds lists them; a changed one warns).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class CycleGANTrainer(BaseTrainer):
         self.opt_d = self.optimizer(chain(*(d.parameters() for d in self.D.values())), tp.lr_d)
         self.sched_g = self.scheduler(self.opt_g, tp.steps)
         self.sched_d = self.scheduler(self.opt_d, tp.steps)
-        self.pools = {domain: ImagePool(self.task.options["pool_size"]) for domain in DOMAINS}
+        self.pools = {domain: ImagePool(self.task.options.pool_size) for domain in DOMAINS}
 
     def stateful(self) -> dict[str, Any]:
         return {
@@ -92,7 +92,7 @@ class CycleGANTrainer(BaseTrainer):
             net.train()
 
     def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
-        return self.ema[self.task.options["direction"]].model, {}
+        return self.ema[self.task.options.direction].model, {}
 
     def train_step(self, step: int) -> dict[str, float]:
         tp, options = self.params.train, self.task.options
@@ -107,15 +107,11 @@ class CycleGANTrainer(BaseTrainer):
             loss_adv = _lsgan_g(d_b(fake_b)[0]) + _lsgan_g(d_a(fake_a)[0])
             loss_cycle = F.l1_loss(g_ba(fake_b).float(), real["a"]) + F.l1_loss(g_ab(fake_a).float(), real["b"])
             loss_id = torch.zeros((), device=self.device)
-            if options["identity_weight"] > 0:
+            if options.identity_weight > 0:
                 loss_id = F.l1_loss(g_ab(real["b"]).float(), real["b"]) + F.l1_loss(g_ba(real["a"]).float(), real["a"])
-            identity_weight = options["cycle_weight"] * options["identity_weight"]
-            loss_g = loss_adv + options["cycle_weight"] * loss_cycle + identity_weight * loss_id
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.clip(*self.G.values())
-        self.opt_g.step()
-        self.sched_g.step()
+            identity_weight = options.cycle_weight * options.identity_weight
+            loss_g = loss_adv + options.cycle_weight * loss_cycle + identity_weight * loss_id
+        self.update(self.opt_g, self.sched_g, loss_g, *self.G.values())
         for name, net in self.G.items():
             self.ema[name].update(net, tp.batch_size, (step + 1) * tp.batch_size)
 
@@ -127,11 +123,7 @@ class CycleGANTrainer(BaseTrainer):
                 losses.discriminator_loss("lsgan", self.D[d](real[d])[0].float(), self.D[d](pooled[d])[0].float())
                 for d in DOMAINS
             )
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.clip(*self.D.values())
-        self.opt_d.step()
-        self.sched_d.step()
+        self.update(self.opt_d, self.sched_d, loss_d, *self.D.values())
         return {
             "loss_g": loss_g.item(),
             "loss_adv": loss_adv.item(),

@@ -2,8 +2,9 @@
 non-saturating generator loss), D and G updated once per step on the same batch of fakes.
 
 Each step's images and latents come from a generator seeded by (seed, step), so resuming is exact. The EMA
-generator is exported. train.gan_loss, train.weights, train.warmup_steps and train.patch_size belong to the
-paired trainer and are not used here; train.betas = [0.5, 0.999] and lr 2e-4 are the paper's settings.
+generator is exported. The paired trainer's train.* keys (gan_loss, weights, warmup_steps, pixel_loss, r1_gamma)
+and train.patch_size are not read here (a changed one warns); train.betas = [0.5, 0.999] and lr 2e-4 are the
+paper's settings.
 """
 
 from __future__ import annotations
@@ -71,21 +72,13 @@ class DCGANTrainer(OneGANTrainer):
             real_logits, _ = self.D(real)
             fake_logits, _ = self.D(fake.detach())
             loss_d = losses.discriminator_loss("vanilla", real_logits.float(), fake_logits.float())
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.clip(self.D)
-        self.opt_d.step()
-        self.sched_d.step()
+        self.update(self.opt_d, self.sched_d, loss_d, self.D)
 
         self.D.requires_grad_(False)
         with self.autocast():
             fake_logits, _ = self.D(fake)
             loss_g = losses.generator_adv_loss("vanilla", real_logits.detach().float(), fake_logits.float())
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.clip(self.G)
-        self.opt_g.step()
-        self.sched_g.step()
+        self.update(self.opt_g, self.sched_g, loss_g, self.G)
         self.ema.update(self.G, tp.batch_size, (step + 1) * tp.batch_size)
         return {
             "loss_d": loss_d.item(),

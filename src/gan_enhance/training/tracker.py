@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from gan_enhance.config import Params
-from gan_enhance.tracking import artifact_location, experiment_name, flatten, lineage_tags, tracking_uri
+from gan_enhance.tracking import ensure_experiment, experiment_name, flatten, lineage_tags, tracking_uri
 
 
 class RunTracker:
@@ -59,9 +59,8 @@ class RunTracker:
                     return
                 except Exception:
                     pass  # the run is gone (another store?): start a new one
-            if mlflow.get_experiment_by_name(self.experiment) is None:
-                mlflow.create_experiment(self.experiment, artifact_location=artifact_location(self.uri))
-            mlflow.set_experiment(self.experiment)
+            experiment_id = ensure_experiment(mlflow.MlflowClient(self.uri), self.experiment)
+            mlflow.set_experiment(experiment_id=experiment_id)
             run = mlflow.start_run(run_name=f"train-{params.task.name}")
             self.run_id = run.info.run_id
             mlflow.log_params(flatten(params.model_dump(mode="json")))

@@ -9,7 +9,7 @@
 4. check: the Containerfile `bentoml containerize` would use (written to <out>/Containerfile) and the bento's
    Python requirements are checked (there is no Docker daemon here to build the image).
 
-    .venv/bin/python -m gan_enhance.bento [--params params.yaml] [--out dist]
+    .venv/bin/python -m gan_enhance.serving.bento [--params params.yaml] [--out dist]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gan_enhance.device import disable_telemetry
-from gan_enhance.serving_io import BENTO_MODEL, generator_dir
+from gan_enhance.serving.model import BENTO_MODEL, generator_dir
 
 BENTOFILE = Path("serving/bentofile.yaml")
 
@@ -34,6 +34,7 @@ CONTAINERFILE_PROBLEMS = 3  # built and exported, but the Containerfile check fo
 
 
 def bento_model_tag(registered_model: str, version: str) -> str:
+    """The BentoML model tag a registered version is imported as."""
     return f"{BENTO_MODEL}:{registered_model.lower()}-v{version}"
 
 
@@ -96,6 +97,8 @@ def export(bento: Any, out_dir: Path) -> Path:
 
 @dataclass(frozen=True)
 class ContainerCheck:
+    """The Containerfile written, the expectations it missed and those it met."""
+
     containerfile: Path
     problems: list[str]
     facts: list[str]
@@ -139,7 +142,7 @@ def check_container(bento: Any, out_dir: Path, archive: Path | None = None) -> C
             root / "env/python/requirements.lock.txt"
         ).exists(),
         "serving/service.py inside the bento": (root / "src/serving/service.py").is_file(),
-        "gan_enhance inside the bento": (root / "src/gan_enhance/inference.py").is_file(),
+        "gan_enhance inside the bento": (root / "src/gan_enhance/__init__.py").is_file(),
         f"the champion model referenced ({', '.join(models) or 'none'})": any(
             tag.startswith(f"{BENTO_MODEL}:") for tag in models
         ),
@@ -165,6 +168,7 @@ def docker_daemon() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Import, build, export and check; 0, 2 (bad params or no champion) or CONTAINERFILE_PROBLEMS."""
     disable_telemetry()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="names the registered model")

@@ -1,5 +1,6 @@
-"""Real servers for the tests (MLflow, Prefect, BentoML): a free port on 127.0.0.1, and a server process that is
-started in its own process group, awaited until its health URL answers, and stopped with its workers."""
+"""Local server processes for the tests and benchmarks (MLflow, Prefect, BentoML): a free port on 127.0.0.1, and a
+server process that is started in its own process group, awaited until its health URL answers, and stopped with its
+workers."""
 
 from __future__ import annotations
 
@@ -13,25 +14,29 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from gan_enhance.lifecycle.server import HOST
 
 
 def free_port() -> int:
+    """A TCP port on HOST that is free now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
 
 
 def wait_healthy(process: subprocess.Popen, health_url: str, timeout_s: float, log: Path | None) -> None:
-    """Poll `health_url` until it answers 200; fail with the server's log if the process exits or time runs out."""
+    """Poll `health_url` until it answers 200; RuntimeError with the server's log if the process exits or time runs
+    out."""
     deadline = time.monotonic() + timeout_s
     while True:
         output = log.read_text() if log and log.is_file() else "(no log)"
-        assert process.poll() is None, f"{process.args[0]} exited before it was ready:\n{output[-5000:]}"
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited before it was ready:\n{output[-5000:]}")
         with contextlib.suppress(OSError), urllib.request.urlopen(health_url, timeout=2) as response:
             if response.status == 200:
                 return
-        assert time.monotonic() < deadline, f"{health_url} not ready after {timeout_s:.0f} s:\n{output[-5000:]}"
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{health_url} not ready after {timeout_s:.0f} s:\n{output[-5000:]}")
         time.sleep(0.3)
 
 

@@ -1,4 +1,4 @@
-"""The GAN trainer for paired tasks, and `train`, the stage, which picks the trainer that fits the task.
+"""The GAN trainer for paired tasks (and masked ones: inpainting): the task makes each (input, target) pair.
 
 Phase 1 (step < warmup_steps): pixel loss only. Phase 2: adversarial + discriminator feature matching,
 pixel loss kept. The EMA generator is the deliverable.
@@ -6,21 +6,17 @@ pixel loss kept. The EMA generator is the deliverable.
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from gan_enhance.config import Params
 from gan_enhance.data.batches import PatchSampler, load_split, step_rng
 from gan_enhance.data.prepare import manifest_hash
-from gan_enhance.tasks import build_task
 from gan_enhance.training import losses
-from gan_enhance.training.base import BaseTrainer, OneGANTrainer, TrainResult
-from gan_enhance.training.cyclegan import CycleGANTrainer
-from gan_enhance.training.dcgan import DCGANTrainer
+from gan_enhance.training.base import OneGANTrainer
 from gan_enhance.training.ema import EMA
 from gan_enhance.visual import image_grid
 
@@ -30,7 +26,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * np.log10(1.0 / max(mse, 1e-12)))
 
 
-class Trainer(OneGANTrainer):
+class PairedTrainer(OneGANTrainer):
     """Paired tasks: the task makes each (input, target) pair from a target patch."""
 
     progress_keys = ("loss_pixel", "loss_d", "val_psnr")
@@ -91,16 +87,12 @@ class Trainer(OneGANTrainer):
                 r1 = losses.r1_penalty(real_logits.float(), real_in)
                 loss_d = loss_d + 0.5 * tp.r1_gamma * r1
                 logs["r1"] = r1.item()
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.clip(self.D)
-            self.opt_d.step()
-            self.sched_d.step()
+            self.update(self.opt_d, self.sched_d, loss_d, self.D)
             logs["loss_d"] = loss_d.item()
             target = target.detach()
 
         with self.autocast():
-            loss_pix = self.task.pixel_loss(tp.pixel_loss, fake.float(), target, inp)
+            loss_pix = self.task.pixel_loss(partial(losses.pixel_loss, tp.pixel_loss), fake.float(), target, inp)
             loss_g = tp.weights.pixel * loss_pix
             if adversarial:
                 self.D.requires_grad_(False)
@@ -111,11 +103,7 @@ class Trainer(OneGANTrainer):
                 loss_fm = losses.feature_matching_loss(real_feats, fake_feats)
                 loss_g = loss_g + tp.weights.adversarial * loss_adv + tp.weights.feature_matching * loss_fm
                 logs["loss_adv"], logs["loss_fm"] = loss_adv.item(), loss_fm.item()
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.clip(self.G)
-        self.opt_g.step()
-        self.sched_g.step()
+        self.update(self.opt_g, self.sched_g, loss_g, self.G)
         self.ema.update(self.G, tp.batch_size, (step + 1) * tp.batch_size)
         logs["loss_pixel"], logs["loss_g"] = loss_pix.item(), loss_g.item()
         return logs
@@ -132,13 +120,3 @@ class Trainer(OneGANTrainer):
             grid = image_grid(rows, labels=("input", "output (EMA)", "target"))
             self.tracker.log_image(grid, f"samples/step_{step:07d}.png")
         return {"val_psnr": psnr}
-
-
-def train(params: Params, base: Path = Path(".")) -> TrainResult:
-    """The train stage: the trainer that fits the task's kind (paired, unpaired or unconditional)."""
-    trainers: dict[str, type[BaseTrainer]] = {
-        "paired": Trainer,
-        "unpaired": CycleGANTrainer,
-        "unconditional": DCGANTrainer,
-    }
-    return trainers[build_task(params.task).kind](params, base).run()

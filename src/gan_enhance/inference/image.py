@@ -1,0 +1,133 @@
+"""Image-to-image inference (super-resolution, denoising, translation): tiles, dtypes, alpha, uint8 batches.
+
+Large inputs are cut into tiles; each tile is run with `tile_pad` pixels of surrounding context and only its
+core is kept, so the result equals the untiled one wherever the network's receptive field fits in the padding
+(no seams), and memory is bounded by the tile size.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gan_enhance.inference.base import UINT8_IMAGES, Enhancer
+from gan_enhance.kinds import InputsName
+
+PEAKS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+class ImageEnhancer(Enhancer):
+    """An image in, an enhanced image out (s times larger for super-resolution)."""
+
+    inputs: ClassVar[InputsName] = "image"
+    takes_images: ClassVar[bool] = True
+    apis: ClassVar[tuple[str, ...]] = ("/enhance", "/enhance_batch")
+    batch: ClassVar[tuple[np.dtype, tuple[int, ...]]] = UINT8_IMAGES
+
+    @torch.inference_mode()
+    def enhance_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """N x C x H x W float in [0, 1] scale -> N x 3 x sH x sW float (not clamped); C is the card's
+        in_channels."""
+        if x.ndim != 4 or x.shape[1] != self.card.in_channels:
+            raise ValueError(f"expected N x {self.card.in_channels} x H x W, got {tuple(x.shape)}")
+        x = x.to(self.device, torch.float32)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        height, width = x.shape[-2:]
+        if not self.tile or (height <= self.tile and width <= self.tile):
+            out = self.net(x).float().cpu()
+        else:
+            out = self._tiled(x)
+        return self._finish(x, out)
+
+    def _finish(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The network's output as the model returns it (subclasses put known pixels back)."""
+        return out
+
+    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
+        s, tile, pad = self.scale, self.tile, self.tile_pad
+        n, _, height, width = x.shape
+        out = torch.empty(n, 3, height * s, width * s, dtype=torch.float32)
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                bottom, right = min(top + tile, height), min(left + tile, width)
+                y0, x0 = max(top - pad, 0), max(left - pad, 0)
+                y1, x1 = min(bottom + pad, height), min(right + pad, width)
+                result = self.net(x[:, :, y0:y1, x0:x1]).float().cpu()
+                core = result[:, :, (top - y0) * s : (bottom - y0) * s, (left - x0) * s : (right - x0) * s]
+                out[:, :, top * s : bottom * s, left * s : right * s] = core
+        return out
+
+    def enhance_array(self, rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """H x W x 3 array -> enhanced array of the same dtype (uint8, uint16, or float in [0, 1])."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected an H x W x 3 RGB array, got shape {rgb.shape}")
+        peak = PEAKS.get(rgb.dtype)
+        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
+        if peak:
+            x = x / peak
+        x = self._with_mask(x, mask, rgb.shape[:2])
+        y = self.enhance_tensor(x)[0].permute(1, 2, 0).numpy()
+        if peak is None:
+            return y.astype(rgb.dtype, copy=False)
+        y *= peak  # in place: a full-size x4 output is large, temporaries would multiply the peak memory
+        np.round(y, out=y)
+        np.clip(y, 0, peak, out=y)
+        return y.astype(rgb.dtype)
+
+    def _with_mask(self, x: torch.Tensor, mask: np.ndarray | None, shape: tuple[int, ...]) -> torch.Tensor:
+        """The network input for image `x` and the caller's `mask` (image models take none)."""
+        if mask is not None:
+            raise self.refuse("a mask", "image+mask")
+        return x
+
+    def enhance_image(self, image: Image.Image, mask: Image.Image | None = None) -> Image.Image:
+        """PIL image -> enhanced PIL image. Alpha is kept (resized with bicubic, not enhanced); 16-bit grayscale
+        comes back as 16-bit grayscale. Inpainting models need `mask`, an image of the same size whose nonzero
+        (grayscale > 127) pixels are filled in."""
+        from gan_enhance.data.image_io import to_rgb_array
+
+        rgb, alpha = to_rgb_array(image)
+        hole = None if mask is None else np.asarray(mask.convert("L")) > 127
+        out = self.enhance_array(rgb, mask=hole)
+        if out.dtype == np.uint16:  # Pillow's only 16-bit modes are grayscale
+            return Image.fromarray(np.round(out.mean(axis=2)).astype(np.uint16))
+        result = Image.fromarray(out, "RGB")
+        if alpha is not None:
+            a = Image.fromarray(alpha).resize(result.size, Image.BICUBIC)
+            result.putalpha(a)
+        return result
+
+    def enhance_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 H x W x 3 images -> enhanced uint8 images, in input order; images of the same size share forward
+        passes. The uint8 <-> [0, 1] conversion is enhance_array's, so each output equals `enhance_array(image)`
+        up to the batched convolution's rounding."""
+        out: list[np.ndarray | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.shape, []).append(i)
+        for indices in groups.values():
+            if len(indices) == 1:
+                out[indices[0]] = self.enhance_array(images[indices[0]])
+                continue
+            stacked = torch.from_numpy(np.stack([images[i] for i in indices]).astype(np.float32) / 255.0)
+            result = self.enhance_tensor(stacked.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+            result = np.clip(np.round(result * 255.0), 0, 255).astype(np.uint8)
+            for j, i in enumerate(indices):
+                out[i] = result[j]
+        return [o for o in out if o is not None]
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """N x H x W x 3 uint8 -> N x sH x sW x 3 uint8, image by image."""
+        return np.stack([self.enhance_array(np.ascontiguousarray(image)) for image in batch])
+
+    def warm_up(self) -> None:
+        self.enhance_array(np.zeros((16, 16, 3), np.uint8))
+
+    @classmethod
+    def input_example(cls, side: int = 16) -> np.ndarray:
+        """A small uint8 ramp image, batch of one."""
+        return np.linspace(0, 255, side * side * 3).reshape(1, side, side, 3).astype(np.uint8)
