@@ -15,7 +15,12 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 UI_PORT ?= 5000
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install run test test-fast lint format clean ui browser
+.PHONY: help install run test test-fast lint format clean ui browser
+.DEFAULT_GOAL := help
+
+help:  ## list the targets (this)
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z_-]+):.*## /\1\t/' | \
+		awk -F'\t' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed  ## create .venv and install the project (done by every target that needs it)
 
 run: install  ## set up, then run the whole pipeline on the embedded default
 	$(BIN)/dvc repro
@@ -42,15 +47,15 @@ browser:  ## headless Chromium for the registry UI test (Debian package); nothin
 ui: install  ## MLflow UI (runs, registered models, aliases) on http://127.0.0.1:$(UI_PORT)
 	$(BIN)/gan-enhance ui --port $(UI_PORT)
 
-lint: install
+lint: install  ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: install
+format: install  ## ruff --fix and ruff format (rewrites files)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean:
+clean:  ## remove .venv and the tool caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 # --- serving (BentoML): the champion behind HTTP -------------------------------------------------------------------

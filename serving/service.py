@@ -11,6 +11,7 @@ live in the gan_enhance.serving package; this file only wires them to HTTP.
     POST /generate        JSON {"n": 8, "seed": 0} -> n seeded samples (generation models)
     GET  /model           registered name, version, alias, task, scale, metrics, serving settings
     GET  /livez, /readyz  liveness; readiness (model loaded and warmed up)   GET /  Swagger UI
+    GET  /docs.json       the OpenAPI document: a short description naming the served model, and only its APIs
 
 Settings: GAN_ENHANCE_SERVE_* environment variables (gan_enhance.serving.settings.ServeSettings).
 """
@@ -36,13 +37,14 @@ from gan_enhance.device import disable_telemetry
 from gan_enhance.inference import Enhancer
 from gan_enhance.serving.codec import OutputFormat, check_batch, decode_mask, decode_upload, encode_image
 from gan_enhance.serving.errors import RequestError
-from gan_enhance.serving.guard import RequestGuard, guard_routes
+from gan_enhance.serving.guard import JsonRewrite, RequestGuard, guard_routes
 from gan_enhance.serving.model import (
     BENTO_MODEL,
     check_request_kind,
     describe_model,
     generator_dir,
     model_config,
+    served_openapi,
 )
 from gan_enhance.serving.settings import ServeSettings
 
@@ -166,4 +168,15 @@ class EnhanceService:
             return self.enhancer.enhance_batch(images)
 
 
+API_ROUTES = tuple(method.route for method in EnhanceService.apis.values())
+
+
+def openapi_for_the_served_model(spec: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's OpenAPI document as the served model shows it (BentoML cannot hide an API per instance, and it
+    puts the bento's whole README in the description)."""
+    service = bentoml.get_current_service()
+    return served_openapi(spec, service.description, service.enhancer.apis, API_ROUTES)
+
+
 EnhanceService.add_asgi_middleware(RequestGuard, routes=guard_routes(SETTINGS))
+EnhanceService.add_asgi_middleware(JsonRewrite, path="/docs.json", rewrite=openapi_for_the_served_model)

@@ -199,6 +199,7 @@ def test_promotion_policy_promote_refuse_force_and_rollback(evaluated: Path, mlf
     first = registered(1)
     outcome = promote(first)
     assert (outcome.verdict, outcome.champion) == ("promoted", "1") and "first champion" in outcome.reason
+    assert _client(mlflow_server).get_model_version(name, "1").aliases == ["champion"]  # no longer a challenger
 
     better = registered(2, metrics={"fid": fid - 10, "psnr": psnr - 0.05})
     assert promote(better).verdict == "promoted" and _champion(mlflow_server, name) == "2"
@@ -228,6 +229,7 @@ def test_promotion_policy_promote_refuse_force_and_rollback(evaluated: Path, mlf
 
     back = rollback(other_protocol)
     assert (back.version, back.champion) == ("5", "2") and _champion(mlflow_server, name) == "2"
+    assert _client(mlflow_server).get_model_version(name, "5").aliases == ["challenger"]  # waits again
     for _ in range(2):  # stays refused: the rollback mark outlives the refusal it causes
         again = promote(other_protocol)
         assert again.verdict == "refused" and "version 5 was rolled back" in again.reason
@@ -382,7 +384,7 @@ def test_ui_shows_the_champion_alias_on_the_right_version(evaluated: Path, mlflo
 
     rows = _rows_in_ui(f"{mlflow_server.url}/#/models/{name}")
     assert set(rows) == {"1", "2"}
-    assert "@ champion" in rows["2"] and "@ challenger" in rows["2"]
+    assert "@ champion" in rows["2"] and "@ challenger" not in rows["2"]  # promotion took it off the queue
     assert "@ champion" not in rows["1"] and "@ challenger" not in rows["1"]
 
 

@@ -4,6 +4,7 @@ bentoml.SyncHTTPClient and through raw HTTP (httpx), compared with the in-proces
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gan_enhance.serving.local import bentoml_home
+from gan_enhance.serving.local import REPO, bentoml_home
 
 from .serving_support import register_tiny_champion, serve
 
@@ -123,11 +124,16 @@ def test_model_health_and_docs(url: str, champion: dict):
     }
     assert info["metrics"]["fid"] == 50.0
     assert info["serving"]["tile"] == TILE and info["serving"]["max_pixels"] == MAX_PIXELS
+    assert info["run_id"] == version.run_id and "tracking_uri" not in info  # no path on the build machine
 
     for path in ("/livez", "/healthz", "/readyz"):
         assert httpx.get(f"{url}{path}").status_code == 200, path
     spec = httpx.get(f"{url}/docs.json").json()
     assert {"/enhance", "/enhance_batch", "/model"} <= set(spec["paths"])
+    assert "/generate" not in spec["paths"]  # the SR model does not sample
+    # the top of the Swagger page: a few lines naming the model, then the endpoints
+    description = spec["info"]["description"]
+    assert len(description) < 600 and champion["model_name"] in description and "serving/README.md" in description
     page = httpx.get(f"{url}/")
     assert page.status_code == 200 and "swagger" in page.text.lower()
 
@@ -254,6 +260,30 @@ BAD_INPUTS = {
 }
 
 
+def test_a_body_refused_before_it_is_read_still_gets_its_answer_over_urllib(url: str):
+    """urllib sends the whole body before it reads the answer: a refusal sent before the body was read would reach
+    it as a connection reset instead of the 4xx and its JSON (httpx copes either way)."""
+    import urllib.error
+    import urllib.request
+
+    limit = int(float(SERVER_ENV["GAN_ENHANCE_SERVE_MAX_UPLOAD_MB"]) * 2**20)
+    boundary = "gan-enhance-test"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n'
+    form = head.encode() + b"\0" * (limit + 3 * 2**20) + f"\r\n--{boundary}--\r\n".encode()
+    cases = [
+        (form, f"multipart/form-data; boundary={boundary}", 413, "8 MiB"),
+        (b"\0" * 4 * 2**20, "application/octet-stream", 415, "application/octet-stream"),
+    ]
+    for body, content_type, status, words in cases:
+        request = urllib.request.Request(f"{url}/enhance", data=body, headers={"Content-Type": content_type})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=60)
+        answer = json.loads(caught.value.read())
+        assert caught.value.code == status and words in answer["error"] and answer["fix"], answer
+    assert httpx.get(f"{url}/readyz").status_code == 200
+    assert post_image(url, SMALL_PNG).status_code == 200
+
+
 def test_bad_input_gets_a_4xx_naming_problem_and_fix_and_the_service_stays_healthy(url: str):
     failures = []
     for name, (send, status, words) in BAD_INPUTS.items():
@@ -306,18 +336,41 @@ def test_a_4000x3000_image_is_enhanced_in_tiles(url: str):
 # --- the deployable bento -------------------------------------------------------------------------------------------
 
 
-def test_bento_builds_exports_and_serves_from_the_archive(url: str, champion: dict, tmp_path: Path):
-    """What `make bento` does (same store as the running server), then the exported archive imported into an empty
-    BentoML home and served with the `bentoml` CLI, the way `make serve` and the container's entry point do;
-    a request over the timeout gets 504 and the service stays ready."""
+def test_a_bento_whose_export_fails_leaves_the_store_as_it_was(
+    url: str, champion: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import bentoml
+
+    from gan_enhance.serving import bento
+
+    def export(*_: object) -> Path:
+        raise OSError("disk full")
+
+    before = {str(b.tag) for b in bentoml.bentos.list()}
+    monkeypatch.setattr(bento, "export", export)
+    args = ["--params", str(champion["params_file"]), "--bentofile", str(REPO / bento.BENTOFILE), "--context"]
+    with pytest.raises(OSError, match="disk full"):
+        bento.main([*args, str(REPO), "--out", str(tmp_path / "dist")])
+    assert {str(b.tag) for b in bentoml.bentos.list()} == before
+
+
+def test_bento_builds_exports_and_serves_from_the_archive(
+    url: str, champion: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """What `make bento` does (same store as the running server; `--out dist` relative to the current directory),
+    then the exported archive imported into an empty BentoML home and served with the `bentoml` CLI, the way
+    `make serve` and the container's entry point do; a request over the timeout gets 504 and the service stays
+    ready."""
     import os
     import subprocess
     import sys
 
-    from gan_enhance.serving.bento import archive_members, main
+    from gan_enhance.serving.bento import BENTOFILE, archive_members, main
 
+    monkeypatch.chdir(tmp_path)
+    args = ["--params", str(champion["params_file"]), "--bentofile", str(REPO / BENTOFILE), "--context", str(REPO)]
+    assert main([*args, "--out", "dist"]) == 0
     out = tmp_path / "dist"
-    assert main(["--params", str(champion["params_file"]), "--out", str(out)]) == 0
     (archive,) = out.glob("gan-enhance-*.bento")
     assert any(name.endswith("generator.safetensors") for name in archive_members(archive))
     containerfile = (out / "Containerfile").read_text()
@@ -346,6 +399,7 @@ def test_bento_builds_exports_and_serves_from_the_archive(url: str, champion: di
     # served the way the container's entry point does, with a short timeout to see it enforced
     with serve_process("gan-enhance:latest", env={**env, "GAN_ENHANCE_SERVE_TIMEOUT_S": "1"}) as (address, _):
         assert httpx.get(f"{address}/model").json()["version"] == str(champion["version"])
+        assert len(httpx.get(f"{address}/docs.json").json()["info"]["description"]) < 600  # not the bento's README
         assert post_image(address, SMALL_PNG).status_code == 200
         slow = post_image(address, png_bytes(Image.fromarray(photo(1500, 2000))))  # seconds of tiles
         assert slow.status_code == 504 and "1.0 seconds" in slow.json()["error"], slow.text

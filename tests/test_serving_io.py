@@ -1,7 +1,9 @@
-"""Unit tests of the service's helpers: settings, upload decoding, output encoding, batches, error bodies."""
+"""Unit tests of the service's helpers: settings, upload decoding, output encoding, batches, error bodies, the
+request guard, the model description and the OpenAPI document."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -12,8 +14,8 @@ from PIL import Image
 
 from gan_enhance.serving.codec import check_batch, decode_mask, decode_upload, encode_image
 from gan_enhance.serving.errors import RequestError
-from gan_enhance.serving.guard import _add_fix
-from gan_enhance.serving.model import check_request_kind
+from gan_enhance.serving.guard import RequestGuard, Route, _add_fix
+from gan_enhance.serving.model import check_request_kind, describe_model, served_openapi
 from gan_enhance.serving.settings import ServeSettings, SettingsError
 
 
@@ -161,3 +163,81 @@ def test_bentoml_validation_errors_get_the_problem_and_a_fix():
     wrapped = json.dumps([{"error": "bad input"}]).encode()  # BentoML's 4xx BentoMLException body
     assert json.loads(_add_fix(wrapped, "do this")) == {"error": "bad input", "fix": "do this"}
     assert _add_fix(b"not json", "x") == b"not json"
+
+
+def _guarded(headers: dict[str, str], chunks: int, chunk_size: int = 1000) -> tuple[list[dict], int]:
+    """POST /x through a RequestGuard (limit 2000 bytes, JSON only) with a body of `chunks` chunks; returns what
+    the guard sent and how many chunks it read."""
+    read = 0
+
+    async def receive() -> dict:
+        nonlocal read
+        read += 1
+        return {"type": "http.request", "body": b"x" * chunk_size, "more_body": read < chunks}
+
+    async def app(*_: object) -> None:
+        raise AssertionError("a refused request must not reach the app")
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/x",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+    guard = RequestGuard(app, {"/x": Route(max_bytes=2000, content_types=("application/json",), fix="send less")})
+    asyncio.run(guard(scope, receive, send))
+    return sent, read
+
+
+def test_the_guard_reads_a_refused_body_before_it_answers():
+    # a refusal sent while the client still sends reaches it as a connection reset: the guard reads the body first
+    json_type = {"content-type": "application/json"}
+    for headers, chunks, status in [
+        ({**json_type, "content-length": "5000"}, 5, 413),  # over the limit by Content-Length
+        (json_type, 5, 413),  # chunked, counted while reading
+        ({"content-type": "text/plain", "content-length": "5000"}, 5, 415),
+    ]:
+        sent, read = _guarded(headers, chunks)
+        assert sent[0]["status"] == status and json.loads(sent[1]["body"])["fix"], sent
+        assert read == chunks, (headers, read)
+    # a body far over what is worth reading: answered at once, the connection is closed after the answer
+    sent, read = _guarded({**json_type, "content-length": str(10**12)}, 10**9, chunk_size=1)
+    assert sent[0]["status"] == 413 and read == 0
+
+
+def _card(task: str = "sr"):
+    from gan_enhance.models.artifact import ModelCard
+
+    return ModelCard(arch="srvgg", arch_kwargs={}, task=task, scale=4)
+
+
+def test_the_model_description_names_no_tracking_uri():
+    labels = {"registered_model": "gan-enhance-sr-x4", "registered_version": "3", "alias": "champion"}
+    metadata = {"metrics": {"fid": 9.0}, "run_id": "abc", "tracking_uri": "sqlite:////home/alice/mlflow.db"}
+    body = describe_model(labels, metadata, _card(), "gan-enhance-champion:x", {"device": "cpu"})
+    assert (body["registered_model"], body["version"], body["alias"], body["run_id"]) == (
+        "gan-enhance-sr-x4",
+        "3",
+        "champion",
+        "abc",
+    )
+    assert "tracking_uri" not in body and "alice" not in json.dumps(body)
+
+
+def test_the_openapi_document_shows_the_served_model_and_only_its_apis():
+    readme = "# gan-enhance service\n\n" + "A long developer README. " * 400
+    spec = {
+        "info": {"title": "gan_enhance", "description": readme, "version": "1"},
+        "paths": {route: {"post": {}} for route in ("/enhance", "/enhance_batch", "/generate", "/model", "/readyz")},
+    }
+    model = {"registered_model": "gan-enhance-sr-x4", "version": "3", "alias": "champion", "task": "sr"}
+    shown = served_openapi(spec, model, ("/enhance", "/enhance_batch"), ("/enhance", "/enhance_batch", "/generate"))
+    assert set(shown["paths"]) == {"/enhance", "/enhance_batch", "/model", "/readyz"}
+    description = shown["info"]["description"]
+    assert len(description) < 600 and "gan-enhance-sr-x4" in description and "serving/README.md" in description
+    assert shown["info"]["title"] == "gan_enhance" and spec["info"]["description"] == readme  # spec left as it was

@@ -68,6 +68,10 @@ def test_each_task_is_served_through_its_api(served):
     task, url, enhancer = served
     info = httpx.get(f"{url}/model").json()
     assert info["task"] == task and info["alias"] == "champion"
+    spec = httpx.get(f"{url}/docs.json").json()
+    offered = {path for path in spec["paths"] if path in {"/enhance", "/enhance_batch", "/generate"}}
+    assert offered == set(enhancer.apis)  # Swagger shows only the APIs the served model offers
+    assert task in spec["info"]["description"]
     image = _image()
     if task == "generate":
         response = httpx.post(f"{url}/generate", json={"n": 3, "seed": 5}, timeout=60)

@@ -23,6 +23,19 @@ app = typer.Typer(
 )
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A model folder (card.json + safetensors), or a registered version: models:/NAME@champion, "
+        "models:/NAME@challenger, models:/NAME/VERSION (registry at --tracking-uri, $MLFLOW_TRACKING_URI or "
+        "./mlflow.db).",
+    ),
+]
+TrackingOpt = Annotated[
+    str | None, typer.Option(help="MLflow tracking URI of the registry (default: $MLFLOW_TRACKING_URI, ./mlflow.db).")
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-S", help="Override a parameter, KEY=VALUE (repeatable), e.g. -S train.steps=200."),
@@ -37,6 +50,23 @@ def _params(path: Path, overrides: list[str] | None):
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def _load_model(model: str, tracking_uri: str | None, device: str, tile: int = 256, tile_pad: int = 16):
+    """The Enhancer for a model folder or a models:/ URI."""
+    if model.startswith("models:/"):
+        from gan_enhance.lifecycle.registry import load_enhancer, parse_model_uri
+
+        try:
+            name, alias, version = parse_model_uri(model)
+        except ValueError as exc:
+            _fail(str(exc))
+        return load_enhancer(
+            name, alias or "champion", tracking_uri, device=device, tile=tile, tile_pad=tile_pad, version=version
+        )
+    from gan_enhance.inference import Enhancer
+
+    return Enhancer.from_dir(model, device=device, tile=tile, tile_pad=tile_pad)
 
 
 @app.command()
@@ -133,6 +163,36 @@ def rollback(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
 
 
 @app.command()
+def models(
+    params_file: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    name: Annotated[str | None, typer.Option(help="Only this registered model.")] = None,
+    last: Annotated[int, typer.Option(min=1, help="Versions shown per model (those holding an alias always).")] = 5,
+) -> None:
+    """List registered models and their versions: aliases, key metrics and the last promotion decision."""
+    from gan_enhance.lifecycle.registry import client_for, list_versions
+
+    params = _params(params_file, set_)
+    client = client_for(params.tracking.uri)
+    rows = list_versions(client, name, last)
+    if not rows:
+        typer.echo(f"no registered models at {client.tracking_uri}; `dvc repro` (or `gan-enhance register`) adds one")
+        return
+    metrics = {"psnr": ".2f", "ssim": ".4f", "fid": ".1f", "kid": ".4f"}
+    width = max(len("MODEL"), *(len(r.model) for r in rows))
+    header = f"{'MODEL':<{width}}  {'VERSION':>7}  {'ALIASES':<20}" + "".join(f"{m.upper():>9}" for m in metrics)
+    typer.echo(f"{header}  {'DECISION':<9}  CREATED (UTC)")
+    for row in rows:
+        numbers = "".join(
+            f"{row.metrics[m]:>9{fmt}}" if m in row.metrics else f"{'-':>9}" for m, fmt in metrics.items()
+        )
+        aliases = ", ".join(row.aliases) or "-"
+        typer.echo(
+            f"{row.model:<{width}}  {row.version:>7}  {aliases:<20}{numbers}  {row.decision or '-':<9}  {row.created}"
+        )
+
+
+@app.command()
 def ui(
     params_file: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -141,12 +201,17 @@ def ui(
     """Serve the MLflow UI (runs, registered models, aliases) over the project's SQLite store, on 127.0.0.1."""
     import os
 
-    from gan_enhance.lifecycle.server import HOST, server_command
+    from gan_enhance.lifecycle.server import HOST, port_in_use, server_command
     from gan_enhance.tracking import tracking_uri
 
     uri = tracking_uri(_params(params_file, set_).tracking)
     if not uri.startswith("sqlite:///"):
         _fail(f"the tracking URI {uri} is not a SQLite store; open that server's own UI instead")
+    if port_in_use(port):
+        _fail(
+            f"port {port} on {HOST} is already in use (another `make ui`?); open http://{HOST}:{port} if that is "
+            "the MLflow UI, or pick another port: `gan-enhance ui --port 5001` / `make ui UI_PORT=5001`"
+        )
     database = Path(uri.removeprefix("sqlite:///"))
     command, env = server_command(database, database.parent / "mlartifacts", port)
     typer.echo(f"MLflow UI for {database} on http://{HOST}:{port} (Ctrl+C stops it)")
@@ -157,9 +222,8 @@ def ui(
 def enhance(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("enhanced"),
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder (card.json + safetensors).")] = Path(
-        "models/generator"
-    ),
+    model: ModelOpt = "models/generator",
+    tracking_uri: TrackingOpt = None,
     tile: Annotated[int, typer.Option(help="Tile side in input pixels (0: whole image at once).")] = 256,
     tile_pad: Annotated[int, typer.Option(help="Context around each tile, in input pixels.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
@@ -176,20 +240,24 @@ def enhance(
     from tqdm import tqdm
 
     from gan_enhance.data.image_io import SUPPORTED_SUFFIXES, ImageError, open_image
-    from gan_enhance.inference import Enhancer
 
     disable_telemetry()
-    files: list[Path] = []
+    found: list[tuple[Path, Path]] = []  # (input, where its output goes, relative to --output)
     for item in inputs:
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES)
+            images = sorted(p for p in item.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES)
+            found += [(p, p.relative_to(item)) for p in images]
         elif item.is_file():
-            files.append(item)
+            found.append((item, Path(item.name)))
         else:
             _fail(f"'{item}' does not exist; pass image files or folders")
+    targets = output_paths(found)
+    files = list(targets)
+    for note in renamed_outputs(found, targets):
+        typer.echo(note)
     if not files:
         _fail("no images found in the given inputs (PNG, JPEG, WebP, TIFF, BMP)")
-    enhancer = Enhancer.from_dir(model, device=device, tile=tile, tile_pad=tile_pad)
+    enhancer = _load_model(model, tracking_uri, device, tile, tile_pad)
     if not enhancer.takes_images:
         _fail(f"{model} is a generation model: it makes images from noise; use `gan-enhance sample -m {model}`")
     if enhancer.takes_mask and masks is None:
@@ -214,10 +282,42 @@ def enhance(
             failed += 1
             typer.secho(f"skipped: {exc}", fg=typer.colors.YELLOW, err=True)
             continue
-        result.save(output / f"{path.stem}.png")
+        target = output / targets[path]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        result.save(target)
     typer.echo(f"enhanced {len(files) - failed} of {len(files)} images into {output}")
     if failed:
         raise typer.Exit(code=1)
+
+
+def output_paths(found: list[tuple[Path, Path]]) -> dict[Path, Path]:
+    """Input -> output path (relative to the output folder): the input's place under the folder it was found in,
+    as PNG. Inputs that would share an output (x.png and x.jpg) keep their format in the name (x_png.png, x_jpg.png);
+    a number is added where that is not enough, so no output overwrites another."""
+    wanted = {path: relative.with_suffix(".png") for path, relative in found}
+    counts: dict[Path, int] = {}
+    for out in wanted.values():
+        counts[out] = counts.get(out, 0) + 1
+    result: dict[Path, Path] = {}
+    taken: set[Path] = set()
+    for path, out in wanted.items():
+        if counts[out] > 1:
+            out = out.with_name(f"{out.stem}_{path.suffix.lstrip('.').lower()}.png")
+        candidate, n = out, 2
+        while candidate in taken:
+            candidate, n = out.with_name(f"{out.stem}_{n}.png"), n + 1
+        taken.add(candidate)
+        result[path] = candidate
+    return result
+
+
+def renamed_outputs(found: list[tuple[Path, Path]], targets: dict[Path, Path]) -> list[str]:
+    """A line for each input whose output is not simply its name as PNG."""
+    return [
+        f"{path} -> {targets[path]} (another input would also be {relative.with_suffix('.png')})"
+        for path, relative in found
+        if targets[path] != relative.with_suffix(".png")
+    ]
 
 
 @app.command()
@@ -225,9 +325,8 @@ def sample(
     n: Annotated[int, typer.Option("-n", min=1, help="How many samples.")] = 16,
     seed: Annotated[int, typer.Option(min=0, help="Sample i depends only on (seed, i).")] = 0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("samples"),
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder (card.json + safetensors).")] = Path(
-        "models/generator"
-    ),
+    model: ModelOpt = "models/generator",
+    tracking_uri: TrackingOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Generation models: n seeded samples as PNGs (sample_000.png, ...) and grid.png."""
@@ -235,11 +334,10 @@ def sample(
 
     from PIL import Image
 
-    from gan_enhance.inference import Enhancer
     from gan_enhance.visual import image_grid
 
     disable_telemetry()
-    enhancer = Enhancer.from_dir(model, device=device)
+    enhancer = _load_model(model, tracking_uri, device)
     if enhancer.takes_images:
         _fail(f"{model} is a '{enhancer.card.task}' model, not a generation model; use `gan-enhance enhance`")
     images = enhancer.sample(n, seed=seed)
@@ -247,7 +345,7 @@ def sample(
     for i, image in enumerate(images):
         Image.fromarray(image).save(output / f"sample_{i:03d}.png")
     side = math.ceil(math.sqrt(n))
-    image_grid([list(images[i : i + side]) for i in range(0, n, side)]).save(output / "grid.png")
+    image_grid([list(images[i : i + side]) for i in range(0, n, side)], min_cell=64).save(output / "grid.png")
     typer.echo(f"{n} samples (seed {seed}) and grid.png in {output}")
 
 

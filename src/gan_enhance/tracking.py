@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DVC_TAGS = ("DVC_EXP_NAME", "DVC_STAGE", "DVC_ROOT")
+# the experiment kind MLflow's UI opens an experiment in: model development (runs, metrics, models), not GenAI
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
 
 
 def tracking_uri(tracking: TrackingParams, base: Path = Path(".")) -> str:
@@ -42,16 +45,23 @@ class ExperimentError(GanEnhanceError, RuntimeError):
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The id of the experiment `name` in the client's store, created when missing with its artifacts where
-    `artifact_location` puts them; one created by a concurrent process in the meantime is found instead.
-    ExperimentError when it can be neither found nor created."""
+    `artifact_location` puts them; one created by a concurrent process in the meantime is found instead. The
+    experiment is marked as model development, so MLflow's UI opens it on runs and models rather than in its GenAI
+    mode. ExperimentError when it can be neither found nor created."""
     from mlflow.exceptions import MlflowException
 
     for _ in range(2):  # a concurrent process may create the experiment between get and create
         experiment = client.get_experiment_by_name(name)
         if experiment:
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_DEVELOPMENT:
+                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
             return experiment.experiment_id
         try:
-            return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri))
+            return client.create_experiment(
+                name,
+                artifact_location=artifact_location(client.tracking_uri),
+                tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT},
+            )
         except MlflowException:
             continue
     raise ExperimentError(f"could not create or find the MLflow experiment '{name}' at {client.tracking_uri}")

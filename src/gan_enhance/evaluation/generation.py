@@ -32,7 +32,7 @@ def sample_grid(samples: np.ndarray) -> Image.Image:
     shown = samples[: GRID_SIDE**2]
     zoom = max(1, 64 // shown.shape[1])
     cells = [np.kron(image, np.ones((zoom, zoom, 1), dtype=np.uint8)) for image in shown]
-    return image_grid([cells[i : i + GRID_SIDE] for i in range(0, len(cells), GRID_SIDE)])
+    return image_grid([cells[i : i + GRID_SIDE] for i in range(0, len(cells), GRID_SIDE)], min_cell=64)
 
 
 def evaluate_generation(

@@ -4,6 +4,7 @@ with a comparison grid."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from gan_enhance.evaluation.report import MODEL, assemble_result, protocol, writ
 from gan_enhance.evaluation.testsets import TestImage, crop_positions, crops, load_test_split
 from gan_enhance.inference import Enhancer
 from gan_enhance.tasks import Task
-from gan_enhance.visual import image_grid, to_u8
+from gan_enhance.visual import image_grid, textured_crop, to_u8
 
 
 def evaluate_outputs(
@@ -47,13 +48,21 @@ def evaluate_outputs(
 
 
 def comparison_grid(
-    test_set: list[TestImage], methods: dict[str, list[np.ndarray]], count: int, size: int = 128
+    test_set: list[TestImage],
+    methods: dict[str, list[np.ndarray]],
+    count: int,
+    rows: Sequence[dict[str, Any]] = (),
+    size: int = 128,
 ) -> Image.Image:
-    rows = []
+    """The first `count` test images, one row each: the input, every method's output and the target, cropped to the
+    size x size window with the most detail; under each cell, the image's name or the method's PSNR on the whole
+    image (inside the holes, for inpainting) from the per-image `rows`."""
+    scores = {(r["image"], r["method"]): r.get("psnr_hole", r["psnr"]) for r in rows}
+    grid_rows, captions = [], []
     for image, *outputs in list(zip(test_set, *methods.values(), strict=True))[:count]:
         h, w = image.target.shape[:2]
         side = min(size, h, w)
-        top, left = (h - side) // 2, (w - side) // 2
+        top, left = textured_crop(image.target, side)
         scale = h // image.input.shape[0]
         shown_input = np.asarray(
             Image.fromarray(to_u8(np.clip(image.input, 0, 1))).resize(
@@ -61,8 +70,10 @@ def comparison_grid(
             )
         )
         cells = [shown_input, *outputs, image.target]
-        rows.append([c[top : top + side, left : left + side] for c in cells])
-    return image_grid(rows, labels=("input", *methods.keys(), "target"))
+        grid_rows.append([c[top : top + side, left : left + side] for c in cells])
+        psnr = [scores.get((image.name, method)) for method in methods]
+        captions.append([image.name, *(f"{p:.2f} dB" if p is not None else "" for p in psnr), ""])
+    return image_grid(grid_rows, labels=("input", *methods.keys(), "target"), captions=captions)
 
 
 def run_evaluation(
@@ -86,7 +97,7 @@ def evaluate_test_set(
     """Evaluate on a test set and write metrics.json, per_image.csv and comparison.png into `out`; returns
     (metrics.json content, per-image rows)."""
     result, rows, methods = run_evaluation(params, task, enhancer, test_set)
-    write_report(out, result, rows, comparison_grid(test_set, methods, params.evaluate.grid_images))
+    write_report(out, result, rows, comparison_grid(test_set, methods, params.evaluate.grid_images, rows))
     return result, rows
 
 
@@ -96,4 +107,4 @@ def evaluate_paired(
     """The evaluate stage's evaluation for paired and masked kinds: the prepared test split."""
     test_set = load_test_split(params, task, base)
     result, rows, methods = run_evaluation(params, task, enhancer, test_set)
-    return result, rows, comparison_grid(test_set, methods, params.evaluate.grid_images)
+    return result, rows, comparison_grid(test_set, methods, params.evaluate.grid_images, rows)

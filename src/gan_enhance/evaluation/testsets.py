@@ -24,6 +24,7 @@ class EvaluationError(GanEnhanceError, RuntimeError):
 
 @dataclass
 class TestImage:
+    __test__ = False  # a test image, not a pytest test class
     name: str
     sha256: str
     target: np.ndarray  # uint8, cropped to the task's multiple

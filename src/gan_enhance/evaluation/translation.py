@@ -18,24 +18,26 @@ from gan_enhance.evaluation.report import MODEL, assemble_result, protocol
 from gan_enhance.evaluation.testsets import TestImage, crop_positions, crops, load_test_split, test_set_hash
 from gan_enhance.inference import Enhancer
 from gan_enhance.tasks import Task
-from gan_enhance.visual import image_grid, to_u8
+from gan_enhance.visual import image_grid, textured_crop, to_u8
 
 
-def _centre(image: np.ndarray, side: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    side = min(side, height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    return image[top : top + side, left : left + side]
+def _window(image: np.ndarray, side: int) -> tuple[slice, slice]:
+    """The side x side window of `image` with the most detail."""
+    side = min(side, *image.shape[:2])
+    top, left = textured_crop(image, side)
+    return slice(top, top + side), slice(left, left + side)
 
 
 def translation_grid(
     sources: list[TestImage], methods: dict[str, list[np.ndarray]], references: list[TestImage], count: int
 ) -> Image.Image:
-    """Rows: a source image's centre, each method's output there, and a target-domain example (another photo)."""
+    """Rows: the most detailed window of a source image, each method's output there, and a target-domain example
+    (another photo)."""
     rows = []
     for k, (image, *outputs) in enumerate(list(zip(sources, *methods.values(), strict=True))[:count]):
         reference = references[k % len(references)].target
-        rows.append([_centre(cell, 128) for cell in (image.target, *outputs, reference)])
+        at = _window(image.target, 128)
+        rows.append([cell[at] for cell in (image.target, *outputs)] + [reference[_window(reference, 128)]])
     return image_grid(rows, labels=("input", *methods.keys(), "target domain"))
 
 

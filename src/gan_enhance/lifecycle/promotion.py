@@ -173,6 +173,8 @@ def promote(params: Params, version: str | None = None, force: bool = False) -> 
         history.append(before)
     history.append(ours)
     client.set_registered_model_alias(name, CHAMPION, ours)
+    if CHALLENGER in challenger.aliases:  # it no longer waits to be judged
+        client.delete_registered_model_alias(name, CHALLENGER)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_KEPT:]))
     record_decision(client, challenger, verdict, reason)
     if ROLLED_BACK_TAG in challenger.tags:
@@ -198,6 +200,8 @@ def rollback(params: Params) -> Outcome:
     previous = history[-1]
     _checked(client, name, previous, ours)
     client.set_registered_model_alias(name, CHAMPION, previous)
+    if version_by_alias(client, name, CHALLENGER) is None:  # back to waiting, where promotion took it from
+        client.set_registered_model_alias(name, CHALLENGER, ours)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
     reason = f"'{CHAMPION}' returned from version {ours} to version {previous}"
     record_decision(client, current, ROLLED_BACK, reason)

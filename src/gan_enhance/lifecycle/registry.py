@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,6 +155,16 @@ def check_artifacts(client: MlflowClient, name: str, version: str) -> None:
         load_generator(folder)
 
 
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> (name, alias, version); ValueError naming the forms."""
+    match = re.fullmatch(r"models:/([A-Za-z0-9][A-Za-z0-9._-]*)(?:@([A-Za-z0-9_-]+)|/(\d+))", uri)
+    if not match:
+        raise ValueError(
+            f"'{uri}' is not a registry URI; use models:/NAME@champion, models:/NAME@challenger or models:/NAME/VERSION"
+        )
+    return match.group(1), match.group(2), match.group(3)
+
+
 def load_enhancer(
     name: str,
     alias: str = CHAMPION,
@@ -160,13 +172,56 @@ def load_enhancer(
     device: str = "auto",
     tile: int = 256,
     tile_pad: int = 16,
+    version: str | None = None,
 ) -> Enhancer:
-    """The Enhancer for the version of registered model `name` that holds `alias`, from an MLflow server or SQLite
-    store (tracking_uri None: $MLFLOW_TRACKING_URI, else ./mlflow.db). Fails naming the model when no version
-    holds the alias, and naming the version when its artifacts are broken."""
+    """The Enhancer for the version of registered model `name` that holds `alias` (or number `version`), from an
+    MLflow server or SQLite store (tracking_uri None: $MLFLOW_TRACKING_URI, else ./mlflow.db). Fails naming the
+    model when no version holds the alias, and naming the version when its artifacts are broken."""
     from gan_enhance.inference import Enhancer
 
     client = client_for(tracking_uri)
-    version = require_alias(client, name, alias)
-    with fetch_generator(client, name, version.version) as folder:
+    found = get_version(client, name, version) if version else require_alias(client, name, alias)
+    with fetch_generator(client, name, str(found.version)) as folder:
         return Enhancer.from_dir(folder, device=device, tile=tile, tile_pad=tile_pad)
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One registered version as `gan-enhance models` lists it."""
+
+    model: str
+    version: str
+    aliases: tuple[str, ...]
+    metrics: dict[str, float]
+    created: str
+    decision: str
+
+
+def list_versions(client: MlflowClient, name: str | None = None, last: int = 5) -> list[VersionRow]:
+    """The newest `last` versions of each registered model (or of `name`), plus every version holding an alias,
+    newest first within each model."""
+    models = [client.get_registered_model(name)] if name else client.search_registered_models()
+    rows = []
+    for model in sorted(models, key=lambda m: m.name):
+        # the registered model knows its aliases; versions from a search do not carry them
+        aliases: dict[str, list[str]] = {}
+        for alias, number in (model.aliases or {}).items():
+            aliases.setdefault(str(number), []).append(alias)
+        versions = sorted(
+            client.search_model_versions(f"name = '{model.name}'"), key=lambda v: int(v.version), reverse=True
+        )
+        for i, version in enumerate(versions):
+            held = tuple(sorted(aliases.get(str(version.version), [])))
+            if i < last or held:
+                created = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
+                rows.append(
+                    VersionRow(
+                        model.name,
+                        str(version.version),
+                        held,
+                        version_metrics(version),
+                        created.strftime("%Y-%m-%d %H:%M"),
+                        version.tags.get(DECISION_TAG, ""),
+                    )
+                )
+    return rows

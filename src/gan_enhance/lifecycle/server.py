@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -34,3 +36,13 @@ def server_command(database: Path, artifacts: Path, port: int) -> tuple[list[str
         "1",
     ]
     return command, {**os.environ, **TELEMETRY_OFF, **NO_JOB_RUNNER}
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """Whether something already listens on host:port (a server started there would fail to bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False

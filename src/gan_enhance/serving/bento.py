@@ -80,10 +80,13 @@ def import_champion(registered_model: str, tracking_uri: str | None = None, alia
 
 
 def build(bentofile: Path = BENTOFILE, context: Path = Path(".")) -> Any:
-    """`bentoml build -f bentofile context`; returns the Bento."""
+    """`bentoml build -f bentofile context`, run inside `context`; returns the Bento."""
     import bentoml
 
-    return bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(context))
+    bentofile, context = bentofile.absolute(), context.absolute()
+    # BentoML reads the bentofile's `description: file:...` only from inside the current directory
+    with contextlib.chdir(context):
+        return bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(context))
 
 
 def export(bento: Any, out_dir: Path) -> Path:
@@ -157,6 +160,20 @@ def check_container(bento: Any, out_dir: Path, archive: Path | None = None) -> C
     return ContainerCheck(path, problems, facts)
 
 
+def export_and_check(bento: Any, out_dir: Path) -> ContainerCheck:
+    """Export the bento to out_dir and check its Containerfile; a failure (an exception, not problems found)
+    deletes the bento from the store, so that no bento without its archive stays behind."""
+    import bentoml
+
+    try:
+        archive = export(bento, out_dir)
+        print(f"exported {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
+        return check_container(bento, out_dir, archive)
+    except BaseException:
+        bentoml.bentos.delete(bento.tag)
+        raise
+
+
 def docker_daemon() -> bool:
     """Whether `docker info` reaches a daemon (what `bentoml containerize` needs)."""
     if shutil.which("docker") is None:
@@ -178,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=Path, default=Path("."), help="build context (the repository root)")
     parser.add_argument("--out", type=Path, default=Path("dist"), help="where the .bento and Containerfile go")
     args = parser.parse_args(argv)
+    # relative to the current directory, whatever BentoML would take them relative to (it exports a relative
+    # path under /, and the build runs inside the context)
+    args.out, args.context, args.bentofile = (path.absolute() for path in (args.out, args.context, args.bentofile))
 
     from gan_enhance.config import ParamsError, load_params
     from gan_enhance.lifecycle.errors import RegistryError
@@ -193,9 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         bento = build(args.bentofile, args.context)
         print(f"built bento {bento.tag} at {bento.path}")
-        archive = export(bento, args.out)
-        print(f"exported {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
-        check = check_container(bento, args.out, archive)
+        check = export_and_check(bento, args.out)
     except (ParamsError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

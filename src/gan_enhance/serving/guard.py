@@ -1,5 +1,6 @@
 """`RequestGuard`, the ASGI middleware that checks every POST to the service's API routes (size, content type, form
-fields) before BentoML parses it, answers bad ones itself, and adds a "fix" to BentoML's own 400s."""
+fields) before BentoML parses it, answers bad ones itself, and adds a "fix" to BentoML's own 400s; and `JsonRewrite`,
+which reshapes a JSON answer BentoML builds itself (the service's OpenAPI document)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from gan_enhance.serving.errors import BATCH_HINT, CURL_HINT, GENERATE_HINT, SUP
 from gan_enhance.serving.settings import ServeSettings
 
 ENHANCE_FIELDS = {"image": "file", "mask": "file", "format": "text", "quality": "text"}
+DRAIN_MIN_BYTES = 64 * 2**20  # an unread body up to max(this, 4 x the route's limit) is read before refusing
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,6 +30,11 @@ class Route:
     fix: str  # how to send a good request; added to BentoML's own 400s for this route
     fields: Mapping[str, str] = field(default_factory=dict)  # multipart: name -> "file" | "text"; empty: no check
     required: tuple[str, ...] = ()
+
+    @property
+    def drain_bytes(self) -> int:
+        """How much of a refused body is read (and discarded) so that the client gets the refusal."""
+        return max(4 * self.max_bytes, DRAIN_MIN_BYTES)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
@@ -51,11 +58,22 @@ class RequestGuard:
         if route is None or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
+        body_read = False
+
+        async def tracked() -> Message:
+            nonlocal body_read
+            message = await receive()
+            body_read = message["type"] == "http.disconnect" or not message.get("more_body", False)
+            return message
+
         try:
-            body = await self._read_checked(scope, receive, route)
+            body = await self._read_checked(scope, tracked, route)
             if route.fields:
                 await self._check_form(scope, body, route)
         except RequestError as exc:
+            if not body_read:
+                # a refusal sent while the client is still sending reaches it as a connection reset (urllib, requests)
+                await _drain(scope, tracked, route.drain_bytes)
             await _send_json(send, exc.status, exc.body())
             return
         await self.app(scope, _replay(body), _with_fix(send, route.fix))
@@ -73,8 +91,8 @@ class RequestGuard:
         too_big = RequestError(
             413, f"the request body is over the limit of {limit_mb}", "send a smaller file, or split the request"
         )
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > route.max_bytes:
+        declared = _content_length(scope)
+        if declared is not None and declared > route.max_bytes:
             raise too_big
         chunks, size = [], 0
         while True:
@@ -123,6 +141,25 @@ class RequestGuard:
             await form.close()
 
 
+async def _drain(scope: Scope, receive: Receive, limit: int) -> None:
+    """Read and discard the rest of the request body, unless it is (or grows) over `limit` bytes: then the
+    connection is closed after the refusal instead."""
+    declared = _content_length(scope)
+    if declared is not None and declared > limit:
+        return
+    size = 0
+    while size <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        size += len(message.get("body", b""))
+
+
+def _content_length(scope: Scope) -> int | None:
+    declared = dict(scope.get("headers") or []).get(b"content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
+
+
 def _replay(body: bytes) -> Receive:
     sent = False
 
@@ -139,6 +176,12 @@ def _replay(body: bytes) -> Receive:
 def _with_fix(send: Send, fix: str) -> Send:
     """Turn BentoML's 400 validation bodies {"error": "1 validation error for Input", "detail": [...]} into
     {"error": "<field>: <message>; ...", "fix": fix, "detail": [...]}. Other responses pass unchanged."""
+    return _rewriting_json(send, 400, lambda raw: _add_fix(raw, fix))
+
+
+def _rewriting_json(send: Send, status: int, rewrite: Callable[[bytes], bytes]) -> Send:
+    """Hold a JSON response with `status` until its body is complete and send `rewrite(body)` instead (with its
+    Content-Length). Other responses pass unchanged."""
     held: Message | None = None
     chunks: list[bytes] = []
 
@@ -146,7 +189,7 @@ def _with_fix(send: Send, fix: str) -> Send:
         nonlocal held
         if message["type"] == "http.response.start":
             headers = dict(message.get("headers") or [])
-            if message["status"] == 400 and headers.get(b"content-type", b"").startswith(b"application/json"):
+            if message["status"] == status and headers.get(b"content-type", b"").startswith(b"application/json"):
                 held = message
                 return
             await send(message)
@@ -157,13 +200,36 @@ def _with_fix(send: Send, fix: str) -> Send:
         chunks.append(message.get("body", b""))
         if message.get("more_body", False):
             return
-        payload = _add_fix(b"".join(chunks), fix)
+        payload = rewrite(b"".join(chunks))
         headers = [(k, v) for k, v in held.get("headers") or [] if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({**held, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     return wrapped
+
+
+class JsonRewrite:
+    """Rewrites the JSON that GET `path` answers with (status 200) through `rewrite`, for answers BentoML builds
+    itself, such as the OpenAPI document at /docs.json. Other requests pass untouched."""
+
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], path: str, rewrite: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        self.app, self.path, self.rewrite = app, path, rewrite
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "GET" or scope.get("path") != self.path:
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, _rewriting_json(send, 200, self._rewrite_bytes))
+
+    def _rewrite_bytes(self, raw: bytes) -> bytes:
+        try:
+            document = json.loads(raw)
+        except ValueError:
+            return raw
+        return json.dumps(self.rewrite(document)).encode() if isinstance(document, dict) else raw
 
 
 def _add_fix(raw: bytes, fix: str) -> bytes:

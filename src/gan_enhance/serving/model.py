@@ -1,9 +1,9 @@
-"""The served model: its BentoML store name, its files inside an imported model, the body of GET /model, and which
-APIs fit it (as its inference class declares)."""
+"""The served model: its BentoML store name, its files inside an imported model, the body of GET /model, which
+APIs fit it (as its inference class declares), and the OpenAPI document that shows it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ def check_request_kind(card: ModelCard, api: str, mask_sent: bool = False) -> No
 def describe_model(
     labels: Mapping[str, str], metadata: Mapping[str, Any], card: ModelCard, bento_tag: str, serving: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The body of GET /model: which registry version this is, what it does, how well, and how it is served."""
+    """The body of GET /model: which registry version this is, what it does, how well, and how it is served. Not
+    the tracking URI the model was imported from: a path on the build machine, of no use to a caller."""
     return {
         "registered_model": labels.get("registered_model"),
         "version": labels.get("registered_version"),
@@ -71,8 +72,31 @@ def describe_model(
         "arch": card.arch,
         "metrics": dict(metadata.get("metrics") or {}),
         "run_id": metadata.get("run_id"),
-        "tracking_uri": metadata.get("tracking_uri"),
         "imported_at": metadata.get("imported_at"),
         "bento_model": bento_tag,
         "serving": dict(serving),
     }
+
+
+def openapi_description(model: Mapping[str, Any], apis: Collection[str]) -> str:
+    """The OpenAPI document's description (the top of the Swagger page): what the service does, the served model
+    (a GET /model body) and the APIs it offers, and where to read more, in a few lines."""
+    return (
+        f"GAN image enhancement with the MLflow registry's **{model.get('registered_model')}** version "
+        f"{model.get('version')} (alias `{model.get('alias')}`): a `{model.get('task')}` model, "
+        f"served at {', '.join(f'`POST {api}`' for api in apis)}.\n\n"
+        "`GET /model` gives its metrics and serving settings. A refused request gets a 4xx JSON body "
+        '`{"error": ..., "fix": ...}`. More in the project\'s serving/README.md.'
+    )
+
+
+def served_openapi(
+    spec: Mapping[str, Any], model: Mapping[str, Any], apis: Collection[str], api_routes: Collection[str]
+) -> dict[str, Any]:
+    """The service's OpenAPI document (`spec`, as BentoML builds it: its description is the bento's README, or
+    BentoML's own when served from the source tree) for the served model: a short description naming the model
+    (`model`, a GET /model body), and of the service's `api_routes` only those the model offers (`apis`)."""
+    hidden = set(api_routes) - set(apis)
+    paths = {path: item for path, item in (spec.get("paths") or {}).items() if path not in hidden}
+    info = {**(spec.get("info") or {}), "description": openapi_description(model, apis)}
+    return {**spec, "info": info, "paths": paths}

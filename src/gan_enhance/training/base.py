@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import gan_enhance
 from gan_enhance.config import Params
 from gan_enhance.device import pick_device
 from gan_enhance.kinds import KINDS
 from gan_enhance.models.artifact import ModelCard, save_generator
+from gan_enhance.progress import Progress
 from gan_enhance.tasks import Task, build_task
 from gan_enhance.tracking import git_commit
 from gan_enhance.training.checkpoint import load_latest, restore_rng_state, save_checkpoint
@@ -148,6 +148,10 @@ class BaseTrainer(ABC):
     @abstractmethod
     def set_train_mode(self) -> None: ...
 
+    def curve_markers(self) -> dict[str, float]:
+        """Steps worth marking on the training curves (label -> step), e.g. where a phase starts."""
+        return {}
+
     # ---- shared parts -------------------------------------------------------------------------------
     def build(self, kind: str, **context: Any) -> nn.Module:
         """A network from params.model (generator or discriminator) on the device, with task context."""
@@ -233,14 +237,7 @@ class BaseTrainer(ABC):
         start = self._resume()
         self.tracker.start(self.params, self.data_hash)
         window: dict[str, list[float]] = defaultdict(list)
-        bar = tqdm(
-            total=tp.steps,
-            initial=start,
-            desc=f"train {self.task.name}",
-            unit="step",
-            disable=None,
-            dynamic_ncols=True,
-        )
+        progress = Progress(tp.steps, initial=start, desc=f"train {self.task.name}")
         t0 = time.perf_counter()
         try:
             for step in range(start, tp.steps):
@@ -258,13 +255,13 @@ class BaseTrainer(ABC):
                         row.update(self.validate(done))
                     self.history.append(row)
                     self.tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, done)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in self.progress_keys})
+                    progress.show({k: v for k, v in row.items() if k in self.progress_keys})
                     window.clear()
                 if done % tp.checkpoint_every == 0 or done == tp.steps:
                     save_checkpoint(self.base / tp.checkpoint_dir, done, self._state(), tp.keep_checkpoints)
-                bar.update(1)
+                progress.update()
         finally:
-            bar.close()
+            progress.close()
         elapsed = time.perf_counter() - t0
         model_dir = self._export()
         metrics = {k: v for k, v in (self.history[-1] if self.history else {}).items() if k != "step"}
@@ -306,7 +303,7 @@ class BaseTrainer(ABC):
             writer = csv.DictWriter(handle, fieldnames=["step", *keys])
             writer.writeheader()
             writer.writerows(self.history)
-        plot_curves(self.history, folder / "curves.png", f"training: {self.task.name}")
+        plot_curves(self.history, folder / "curves.png", f"training: {self.task.name}", self.curve_markers())
 
 
 class OneGANTrainer(BaseTrainer):

@@ -94,5 +94,5 @@ class DCGANTrainer(OneGANTrainer):
             images = self.ema.model(self.val_latent.to(self.device)).float().clamp(0, 1).cpu()
             cells = [image.permute(1, 2, 0).numpy() for image in images]
             rows = [cells[i : i + GRID_SIDE] for i in range(0, len(cells), GRID_SIDE)]
-            self.tracker.log_image(image_grid(rows), f"samples/step_{step:07d}.png")
+            self.tracker.log_image(image_grid(rows, min_cell=64), f"samples/step_{step:07d}.png")
         return {}

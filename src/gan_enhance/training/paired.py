@@ -60,6 +60,12 @@ class PairedTrainer(OneGANTrainer):
     def set_train_mode(self) -> None:
         self.G.train()
 
+    def curve_markers(self) -> dict[str, float]:
+        """Where the adversarial phase starts (loss_g jumps there: the adversarial terms join the pixel loss)."""
+        tp = self.params.train
+        adversarial = tp.weights.adversarial > 0 or tp.weights.feature_matching > 0
+        return {"adversarial phase starts": tp.warmup_steps} if adversarial and tp.warmup_steps < tp.steps else {}
+
     def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
         return self.ema.model, {}
 
