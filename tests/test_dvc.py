@@ -63,6 +63,18 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(dvc_repo: Path):
 
     shown = _run([dvc, "metrics", "show", "--json"], dvc_repo)
     assert "psnr" in shown
+    table = _run([dvc, "metrics", "show"], dvc_repo).splitlines()
+    assert "reports/eval/scores.json" in table[1] and max(len(line) for line in table) < 300, table
+    assert "protocol" not in "".join(table) and "mlflow_run_id" not in "".join(table)
+    plots = json.loads(_run([dvc, "plots", "show", "--json"], dvc_repo))
+    # each plot once: the top-level definitions, not the files again as stage plots
+    assert sorted(plots["data"]) == [
+        "reports/eval/comparison.png",
+        "reports/train/curves.png",
+        "test PSNR per image",
+        "training losses",
+        "validation PSNR (EMA generator)",
+    ]
 
     # `dvc exp run -S` edits params.yaml; the stage then validates it like any other way of setting params
     _run(["git", "add", "-A"], dvc_repo)

@@ -1,5 +1,7 @@
-"""What an evaluation writes: metrics.json ({"model": {...}, "<baseline>": {...}, "gain": {...}, "protocol": {...}}),
-a per-image CSV and a picture (comparison or sample grid). Every kind's evaluation fills the same shape."""
+"""What an evaluation writes: metrics.json, the whole record ({"model": {...}, "<baseline>": {...}, "gain": {...},
+"protocol": {...}}, with lineage), which registration and promotion read; scores.json, its numbers only, rounded,
+which `dvc metrics show` and `dvc metrics diff` print; a per-image CSV and a picture (comparison or sample grid).
+Every kind's evaluation fills the same shape."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from gan_enhance.tasks import Task
 
 MODEL = "model"
 METRICS_FILE = "metrics.json"
+SCORES_FILE = "scores.json"
+SIGNIFICANT_DIGITS = 4
 PER_IMAGE_FILE = "per_image.csv"
 GRID_FILE = "comparison.png"
 # gain.<metric>_vs_<first baseline>, if measured: how much better the model is (positive = better; for FID,
@@ -60,10 +64,25 @@ def assemble_result(
     }
 
 
+def scores(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The numbers of a metrics.json record, per method and gain, to SIGNIFICANT_DIGITS digits (no protocol, no
+    hashes or run ids): one readable row in `dvc metrics show`."""
+    return {
+        method: {
+            key: float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+            for key, value in values.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        for method, values in result.items()
+        if method != "protocol"
+    }
+
+
 def write_report(out: Path, result: dict[str, Any], rows: list[dict[str, Any]], grid: Image.Image) -> None:
-    """metrics.json, per_image.csv and comparison.png into `out`."""
+    """metrics.json, scores.json, per_image.csv and comparison.png into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    (out / SCORES_FILE).write_text(json.dumps(scores(result), indent=2, sort_keys=True) + "\n")
     with (out / PER_IMAGE_FILE).open("w", newline="") as handle:
         writer = csv.DictWriter(
             handle, fieldnames=list(dict.fromkeys(["image", "method", *(k for r in rows for k in r)]))
