@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from gan_enhance.models.artifact import ModelCard, save_generator
 from gan_enhance.servers import free_port, server_process
 from gan_enhance.training.stage import train
 
+from .browser import dump_dom, screenshot
 from .conftest import tiny_params_tree
 
 pytestmark = pytest.mark.slow
@@ -340,32 +340,9 @@ def test_concurrent_registrations_corrupt_nothing(evaluated: Path, mlflow_server
 
 def _rows_in_ui(url: str) -> dict[str, str]:
     """Version number -> visible text of its row on the registered model's page, as headless Chromium renders it."""
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is not installed; `make browser` installs it (Debian package)"
     for _ in range(3):  # the page is a JS app: give it another go if it had not rendered the table yet
-        with tempfile.TemporaryDirectory() as profile:
-            dom = subprocess.run(
-                [
-                    chromium,
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    f"--user-data-dir={profile}",
-                    "--virtual-time-budget=20000",
-                    "--dump-dom",
-                    url,
-                ],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            ).stdout
         rows = {}
-        for chunk in dom.split('role="row"')[1:]:
+        for chunk in dump_dom(url).split('role="row"')[1:]:
             link = re.search(r'href="#/models/[^"/]+/versions/(\d+)"', chunk)
             if link:
                 rows[link.group(1)] = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", chunk)).split())
@@ -383,6 +360,7 @@ def test_ui_shows_the_champion_alias_on_the_right_version(evaluated: Path, mlflo
         promote(params_for(project, name))
 
     rows = _rows_in_ui(f"{mlflow_server.url}/#/models/{name}")
+    screenshot(f"{mlflow_server.url}/#/models/{name}", tmp_path / "mlflow-registered-model.png", size=(1600, 1000))
     assert set(rows) == {"1", "2"}
     assert "@ champion" in rows["2"] and "@ challenger" not in rows["2"]  # promotion took it off the queue
     assert "@ champion" not in rows["1"] and "@ challenger" not in rows["1"]

@@ -18,6 +18,7 @@ from PIL import Image
 
 from gan_enhance.serving.local import REPO, bentoml_home
 
+from .browser import dump_dom, screenshot
 from .serving_support import register_tiny_champion, serve
 
 pytestmark = pytest.mark.slow
@@ -136,6 +137,11 @@ def test_model_health_and_docs(url: str, champion: dict):
     assert len(description) < 600 and champion["model_name"] in description and "serving/README.md" in description
     page = httpx.get(f"{url}/")
     assert page.status_code == 200 and "swagger" in page.text.lower()
+    assert "/enhance" in dump_dom(f"{url}/")  # Swagger UI drew the endpoints (from the local bundle, offline)
+
+
+def test_swagger_page_screenshot(url: str, tmp_path: Path):
+    screenshot(f"{url}/", tmp_path / "swagger.png")
 
 
 def test_enhance_with_the_client_equals_in_process(url: str, enhancer, tmp_path: Path):

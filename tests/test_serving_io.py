@@ -240,4 +240,5 @@ def test_the_openapi_document_shows_the_served_model_and_only_its_apis():
     assert set(shown["paths"]) == {"/enhance", "/enhance_batch", "/model", "/readyz"}
     description = shown["info"]["description"]
     assert len(description) < 600 and "gan-enhance-sr-x4" in description and "serving/README.md" in description
-    assert shown["info"]["title"] == "gan_enhance" and spec["info"]["description"] == readme  # spec left as it was
+    assert shown["info"]["title"] == "gan-enhance: gan-enhance-sr-x4" and shown["info"]["version"] == "model version 3"
+    assert spec["info"]["description"] == readme  # the spec it was given is left as it was

@@ -98,5 +98,10 @@ def served_openapi(
     (`model`, a GET /model body), and of the service's `api_routes` only those the model offers (`apis`)."""
     hidden = set(api_routes) - set(apis)
     paths = {path: item for path, item in (spec.get("paths") or {}).items() if path not in hidden}
-    info = {**(spec.get("info") or {}), "description": openapi_description(model, apis)}
+    info = {
+        **(spec.get("info") or {}),
+        "title": f"gan-enhance: {model.get('registered_model')}",
+        "version": f"model version {model.get('version')}",  # BentoML leaves None outside a built bento
+        "description": openapi_description(model, apis),
+    }
     return {**spec, "info": info, "paths": paths}
