@@ -6,8 +6,9 @@ registered the champion (same experiment; tags name the registered model, versio
 metrics of the model and of the classical baseline (`<method>_<metric>`, e.g. model_psnr, bicubic_psnr), the
 model's gain, and metrics.json, per_image.csv and comparison.png as artifacts. The version itself is tagged
 `benchmark.<name>.run_id` and `benchmark.<name>.<metric>` so the registry UI shows where it was measured (these
-are not `metric.*` tags: the promotion policy keeps comparing on the evaluate stage's protocol). A Prefect
-markdown artifact shows the table.
+are not `metric.*` tags: the promotion policy keeps comparing on the evaluate stage's protocol). The flow prints the
+table of the model's and the baselines' metrics and the gain (a Prefect markdown artifact shows it too) and keeps
+the report files in reports/benchmarks/<benchmark>/ (or `--out`).
 
     python -m flows.evaluate_champion --benchmark ../shared/datasets/Set14
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,24 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 from prefect.tasks import exponential_backoff
 
-from flows.support import command_line_api, repo_params, retry_if_transient, run_step, use_registry
+from flows.support import (
+    Interrupted,
+    interruptible,
+    repo_params,
+    retry_if_transient,
+    run_from_command_line,
+    run_step,
+    use_registry,
+)
 from gan_enhance.device import disable_telemetry
 
 disable_telemetry()
 
 DEFAULT_BENCHMARK = "../shared/datasets/Set14"
+REPORTS_DIR = "reports/benchmarks"  # <repo>/reports/benchmarks/<benchmark>: the report files, unless out_dir is given
 METRIC_ORDER = ("psnr", "ssim", "psnr_hole", "ssim_hole", "fid", "kid", "kid_std")
 
 
@@ -134,23 +144,55 @@ def log_evaluation(repo: Path, evaluation: dict[str, Any], folder: Path, out_dir
     return run_id
 
 
-def render(evaluation: dict[str, Any], folder: Path, run_id: str, alias: str) -> str:
-    result = evaluation["result"]
-    methods = [m for m in result if m not in ("gain", "protocol")]
+def metric_table(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, float]]]]:
+    """The columns (metrics the model has, in METRIC_ORDER) and the rows: the model, each baseline, and the model's
+    gain over the first baseline (positive = better; FID's gain is baseline minus model)."""
     columns = [c for c in METRIC_ORDER if c in result["model"]]
+    rows = [(method, values) for method, values in result.items() if method not in ("gain", "protocol")]
+    gains: dict[str, dict[str, float]] = {}
+    for key, value in result.get("gain", {}).items():
+        metric, _, baseline = key.partition("_vs_")
+        gains.setdefault(baseline, {})[metric] = value
+    rows += [(f"gain vs {baseline}", values) for baseline, values in gains.items()]
+    return columns, rows
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+
+def render(evaluation: dict[str, Any], folder: Path, run_id: str, alias: str, out: Path) -> str:
+    """Markdown: the metric table of the model, the baselines and the gain, where the report and the run are."""
+    columns, rows = metric_table(evaluation["result"])
     lines = [
         f"# `{evaluation['model_name']}` version {evaluation['version']} (@{alias}) on {benchmark_name(folder)}",
         "",
-        f"{evaluation['images']} images from `{folder}`; MLflow run `{run_id}`.",
+        f"{evaluation['images']} images from `{folder}`; report in `{out}`; MLflow run `{run_id}`.",
         "",
         "| method | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
-    for method in methods:
-        lines.append(
-            f"| {method} | " + " | ".join(f"{result[method].get(c, float('nan')):.4g}" for c in columns) + " |"
-        )
+    lines += [f"| {method} | " + " | ".join(_cell(values.get(c)) for c in columns) + " |" for method, values in rows]
     return "\n".join(lines) + "\n"
+
+
+def render_text(evaluation: dict[str, Any], folder: Path, alias: str) -> str:
+    """The same table as plain text, for the console."""
+    columns, rows = metric_table(evaluation["result"])
+    width = max(len(method) for method, _ in rows)
+    header = f"{'method':<{width}}" + "".join(f"{c:>11}" for c in columns)
+    lines = [
+        f"{evaluation['model_name']} version {evaluation['version']} (@{alias}) on {benchmark_name(folder)} "
+        f"({evaluation['images']} images):",
+        header,
+    ]
+    lines += [f"{method:<{width}}" + "".join(f"{_cell(values.get(c)):>11}" for c in columns) for method, values in rows]
+    return "\n".join(lines)
+
+
+def default_out(root: Path, folder: Path) -> Path:
+    """Where the report goes unless `out_dir` is given: <repo>/reports/benchmarks/<benchmark name>."""
+    return root / REPORTS_DIR / benchmark_name(folder)
 
 
 @flow(name="evaluate-champion", log_prints=True)
@@ -163,8 +205,9 @@ def evaluate_champion(
     out_dir: str | None = None,
     retries: int = 2,
     retry_delay_s: float = 10.0,
-) -> dict[str, Any]:
-    """Re-evaluate the version holding `alias` (default: the champion) on a benchmark folder and log it to MLflow.
+) -> dict[str, Any] | State:
+    """Re-evaluate the version holding `alias` (default: the champion) on a benchmark folder, print the metric table,
+    keep the report and log it to MLflow. A command-line run stopped by SIGINT or SIGTERM ends Cancelled.
 
     Args:
         benchmark: a folder of images (relative paths are taken from `repo`).
@@ -172,23 +215,27 @@ def evaluate_champion(
         alias: which version to evaluate.
         model_name: the registered model (default: from params, e.g. gan-enhance-sr-x4).
         device: auto, cpu, cuda or mps.
-        out_dir: where metrics.json, per_image.csv and comparison.png go (default: a temporary folder; they are
-            logged to the MLflow run either way).
+        out_dir: where metrics.json, per_image.csv and comparison.png go (default: <repo>/reports/benchmarks/<name
+            of the benchmark folder>); they are logged to the MLflow run as well.
     """
     root = Path(repo).resolve()
     folder = Path(benchmark) if Path(benchmark).is_absolute() else root / benchmark
+    out = Path(out_dir).resolve() if out_dir else default_out(root, folder)
     retry = {
         "retries": retries,
         "retry_delay_seconds": exponential_backoff(retry_delay_s),
         "retry_condition_fn": retry_if_transient,
     }
-    with tempfile.TemporaryDirectory(prefix="gan-enhance-evaluate-champion-") as tmp:
-        out = Path(out_dir).resolve() if out_dir else Path(tmp)
-        evaluate = evaluate_on_benchmark.with_options(**retry)
-        evaluation = run_step(evaluate, root, folder, out, alias, model_name, device)
-        run_id = run_step(log_evaluation.with_options(**retry), root, evaluation, folder, out, alias)
+    with interruptible():
+        try:
+            evaluate = evaluate_on_benchmark.with_options(**retry)
+            evaluation = run_step(evaluate, root, folder, out, alias, model_name, device)
+            run_id = run_step(log_evaluation.with_options(**retry), root, evaluation, folder, out, alias)
+        except Interrupted as exc:
+            return Cancelled(message=f"interrupted: {exc}")
+    print(f"{render_text(evaluation, folder, alias)}\nreport: {out}")
     create_markdown_artifact(
-        markdown=render(evaluation, folder, run_id, alias),
+        markdown=render(evaluation, folder, run_id, alias, out),
         key=re.sub(r"[^a-z0-9-]+", "-", f"evaluate-{evaluation['model_name']}-{benchmark_name(folder)}".lower()),
         description=f"{evaluation['model_name']} v{evaluation['version']} on {benchmark_name(folder)}",
     )
@@ -199,10 +246,13 @@ def evaluate_champion(
         "images": evaluation["images"],
         "run_id": run_id,
         "metrics": evaluation["result"]["model"],
+        "out_dir": str(out),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.evaluate_champion`: one run; exit 0 when it completed, 1 when it failed, 128 + the signal's
+    number when SIGINT or SIGTERM stopped it."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Run the evaluate_champion flow once (see flows/README.md).")
@@ -210,10 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default=".", help="project root (default: the current directory)")
     parser.add_argument("--alias", default="champion")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default=None, help="also keep the report files here")
+    parser.add_argument(
+        "--out", default=None, help=f"folder for the report files (default: {REPORTS_DIR}/<benchmark folder's name>)"
+    )
     args = parser.parse_args(argv)
-    with command_line_api():
-        state = evaluate_champion(
+    state, interrupted = run_from_command_line(
+        lambda: evaluate_champion(
             benchmark=args.benchmark,
             repo=args.repo,
             alias=args.alias,
@@ -221,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=args.out,
             return_state=True,
         )
+    )
+    if interrupted:
+        return interrupted.exit_code
     return 0 if state.is_completed() else 1
 
 

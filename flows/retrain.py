@@ -40,18 +40,21 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, Completed, State
 from prefect.tasks import exponential_backoff
 
 from flows.support import (
     PARAMS_FILE,
     FlowStepError,
+    Interrupted,
     StepError,
     command_env,
-    command_line_api,
+    interruptible,
     repo_params,
     retry_if_transient,
     run_command,
     run_dvc,
+    run_from_command_line,
     run_step,
     use_registry,
 )
@@ -66,6 +69,7 @@ PIPELINE_TARGET = "evaluate"  # `dvc repro evaluate`: prepare -> train -> evalua
 REGISTER_TARGET = "register"
 BENTO_OUT = "dist"
 METRIC_ORDER = ("fid", "kid", "kid_std", "psnr", "ssim", "psnr_hole", "ssim_hole")
+CHAMPION_METRICS = ("psnr", "ssim", "psnr_hole", "ssim_hole", "fid", "kid")  # the champion's line in the summary
 SHORT_TIMEOUT_S = 900.0  # status checks, registry calls, the report
 REGISTER_TIMEOUT_S = 1800.0
 
@@ -459,6 +463,34 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else "–"
 
 
+def current_champion(repo: Path) -> dict[str, Any] | None:
+    """The version holding `champion` now and its metrics (its registry tags); None when tracking is off or no
+    version holds the alias."""
+    from gan_enhance.lifecycle.registry import (
+        CHAMPION,
+        client_for,
+        registered_model_name,
+        version_by_alias,
+        version_metrics,
+    )
+
+    params = repo_params(repo)
+    if not params.tracking.enabled:
+        return None
+    name = registered_model_name(params)
+    version = version_by_alias(client_for(params.tracking.uri), name, CHAMPION)
+    if version is None:
+        return None
+    return {"model_name": name, "version": str(version.version), "metrics": version_metrics(version)}
+
+
+def describe_champion(champion: dict[str, Any]) -> str:
+    """'version 3 (psnr 31.6, ssim 0.8285, fid 184.7, kid 0.02122)'."""
+    metrics = champion["metrics"]
+    shown = ", ".join(f"{name} {_fmt(metrics[name])}" for name in CHAMPION_METRICS if name in metrics)
+    return f"version {champion['version']}" + (f" ({shown})" if shown else "")
+
+
 def render_report(summary: dict[str, Any]) -> str:
     """Markdown: the decision, the challenger's metrics beside the champion's (and the baseline's), what changed,
     the registration, the bento and each step's time."""
@@ -467,7 +499,7 @@ def render_report(summary: dict[str, Any]) -> str:
     model = summary.get("model_name") or "the model"
     lines = [f"# Retrain of `{model}`: {summary['status']}", ""]
     if summary.get("error"):
-        lines += [f"**Failed**: {summary['error']}", ""]
+        lines += [f"**{'Interrupted' if summary['status'] == 'interrupted' else 'Failed'}**: {summary['error']}", ""]
     promotion = summary.get("promotion") or {}
     if promotion:
         lines += [f"**Decision**: {promotion['verdict']}: {promotion['reason']}", ""]
@@ -484,10 +516,11 @@ def render_report(summary: dict[str, Any]) -> str:
             row = f"| {name}{arrow} | {_fmt(ours.get(name))} | {_fmt(theirs.get(name))} |"
             lines.append(row + (f" {_fmt(base_metrics.get(name))} |" if baseline else ""))
         lines.append("")
-        if promotion.get("champion"):
-            lines += [f"Champion now: version {promotion['champion']} (`models:/{model}@champion`).", ""]
     elif summary.get("reason"):
         lines += [f"**Decision**: {summary['reason']}", ""]
+    champion = summary.get("champion")
+    if champion:
+        lines += [f"**Champion now**: {describe_champion(champion)}, `models:/{model}@champion`", ""]
     lines += ["## What changed", ""]
     lines += [f"- {reason}" for reason in summary.get("changes") or ["nothing"]]
     for key, (old, new) in (summary.get("applied") or {}).items():
@@ -537,8 +570,11 @@ def retrain(
     retry_delay_s: float = 30.0,
     pipeline_timeout_s: float = 6 * 3600.0,
     lock_wait_s: float = 0.0,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Retrain when the data or the params changed (or when forced), register the challenger, promote it by policy.
+
+    The run ends Completed with the summary; Completed named Skipped when nothing changed; Failed naming the step
+    that failed; Cancelled when a command-line run is interrupted (SIGINT, SIGTERM).
 
     Args:
         overrides: dotted params to set first, as with `dvc exp run -S`, e.g. {"train.steps": 5000}.
@@ -559,48 +595,70 @@ def retrain(
         "retry_jitter_factor": 0.2,
         "retry_condition_fn": retry_if_transient,
     }
-    long_run = {**retry, "timeout_seconds": pipeline_timeout_s + 60}
+    summary["model_name"] = _model_name(root)
 
-    with retrain_lock(root, lock_wait_s):
-        original_params = (root / PARAMS_FILE).read_text() if (root / PARAMS_FILE).is_file() else None
-        summary["model_name"] = _model_name(root)
+    with interruptible():
         try:
-            try:  # until the pipeline has run on them, overrides that fail are taken back out of params.yaml
-                summary["applied"] = _step(summary, apply_params, root, wanted)
-                detected = _step(summary, detect_changes.with_options(**retry), root)
-                summary["changes"] = detected["reasons"]
-                summary["model_name"] = _model_name(root)
-                if not (detected["changed"] or force):
-                    summary.update(status="skipped", reason="nothing changed since the last run (and force is false)")
-                    return _finish(summary)
-                if force or detected["source_changed"]:
-                    _step(summary, refresh_data.with_options(**long_run), root, pipeline_timeout_s)
-                _step(summary, run_pipeline.with_options(**long_run), root, pipeline_timeout_s)
-            except RetrainError:
-                if summary.get("applied") and original_params is not None:
-                    (root / PARAMS_FILE).write_text(original_params)
-                    print(f"{PARAMS_FILE} is back as it was before this run's overrides")
-                raise
-            summary["metrics"] = _step(summary, read_metrics, root)
-            register = register_challenger.with_options(**retry, timeout_seconds=REGISTER_TIMEOUT_S + 60)
-            registration = summary["registration"] = _step(summary, register, root, REGISTER_TIMEOUT_S)
-            if not registration.get("version"):
-                summary.update(status="not registered", reason=registration.get("reason"))
-                return _finish(summary)
-            promote = promote_challenger.with_options(**retry)
-            promotion = summary["promotion"] = _step(summary, promote, root, str(registration["version"]))
-            summary["status"] = promotion["verdict"]
-            new_champion = promotion["verdict"] in ("promoted", "forced") or (
-                registration["new"] and promotion["champion"] == promotion["version"]
-            )
-            if new_champion:
-                bento = bento_for_champion.with_options(retries=min(retries, 1), retry_condition_fn=retry_if_transient)
-                summary["bento"] = _step(summary, bento, root, build_bento, REGISTER_TIMEOUT_S)
-        except RetrainError as exc:
-            summary.update(status="failed", error=str(exc))
-            _finish(summary)
-            raise
-        return _finish(summary)
+            with retrain_lock(root, lock_wait_s):
+                try:
+                    _run_steps(summary, root, wanted, force, build_bento, retry, pipeline_timeout_s)
+                except RetrainError as exc:
+                    summary.update(status="failed", error=str(exc))
+                    _finish(summary)
+                    raise
+        except Interrupted as exc:
+            summary.update(status="interrupted", error=str(exc))
+            return Cancelled(message=f"interrupted: {exc}", data=_finish(summary))
+    _finish(summary)
+    if summary["status"] == "skipped":
+        return Completed(name="Skipped", message=summary["reason"], data=summary)
+    return summary
+
+
+def _run_steps(
+    summary: dict[str, Any],
+    root: Path,
+    wanted: dict[str, Any],
+    force: bool,
+    build_bento: bool,
+    retry: dict[str, Any],
+    pipeline_timeout_s: float,
+) -> None:
+    """The steps after the lock, recorded into `summary`; RetrainError names a step that failed."""
+    long_run = {**retry, "timeout_seconds": pipeline_timeout_s + 60}
+    original_params = (root / PARAMS_FILE).read_text() if (root / PARAMS_FILE).is_file() else None
+    try:  # until the pipeline has run on them, overrides are taken back out of params.yaml if the run stops
+        summary["applied"] = _step(summary, apply_params, root, wanted)
+        detected = _step(summary, detect_changes.with_options(**retry), root)
+        summary["changes"] = detected["reasons"]
+        summary["model_name"] = _model_name(root)
+        if not (detected["changed"] or force):
+            summary.update(status="skipped", reason="nothing changed since the last run (and force is false)")
+            return
+        if force or detected["source_changed"]:
+            _step(summary, refresh_data.with_options(**long_run), root, pipeline_timeout_s)
+        _step(summary, run_pipeline.with_options(**long_run), root, pipeline_timeout_s)
+    except BaseException:  # a failed step, an interruption, a runner's cancellation
+        if summary.get("applied") and original_params is not None:
+            (root / PARAMS_FILE).write_text(original_params)
+            print(f"{PARAMS_FILE} is back as it was before this run's overrides")
+        raise
+    summary["metrics"] = _step(summary, read_metrics, root)
+    register = register_challenger.with_options(**retry, timeout_seconds=REGISTER_TIMEOUT_S + 60)
+    registration = summary["registration"] = _step(summary, register, root, REGISTER_TIMEOUT_S)
+    if not registration.get("version"):
+        summary.update(status="not registered", reason=registration.get("reason"))
+        return
+    promote = promote_challenger.with_options(**retry)
+    promotion = summary["promotion"] = _step(summary, promote, root, str(registration["version"]))
+    summary["status"] = promotion["verdict"]
+    new_champion = promotion["verdict"] in ("promoted", "forced") or (
+        registration["new"] and promotion["champion"] == promotion["version"]
+    )
+    if new_champion:
+        once = min(retry["retries"], 1)
+        bento = bento_for_champion.with_options(retries=once, retry_condition_fn=retry_if_transient)
+        summary["bento"] = _step(summary, bento, root, build_bento, REGISTER_TIMEOUT_S)
 
 
 def _model_name(repo: Path) -> str | None:
@@ -613,20 +671,32 @@ def _model_name(repo: Path) -> str | None:
 
 
 def _finish(summary: dict[str, Any]) -> dict[str, Any]:
-    """Publish the report (a failure to publish is logged, never hides the run's own outcome) and return the
-    summary."""
+    """Add the current champion (unless the run failed or was interrupted), publish the report (a failure to read the
+    champion or to publish is logged, never hides the run's own outcome), print the outcome and return the summary."""
     summary["timings"] = {key: round(value, 2) for key, value in summary["timings"].items()}
+    if summary["status"] not in ("failed", "interrupted"):
+        try:
+            summary["champion"] = current_champion(Path(summary["repo"]))
+        except Exception as exc:
+            print(f"warning: the champion could not be read from the registry ({exc})")
     state = publish_report(summary, return_state=True)
     if state.is_completed():
         summary["artifact"] = state.result()
     else:
         print(f"warning: the report could not be published ({state.message})")
     why = summary.get("reason") or summary.get("error")
-    print(f"retrain {summary['status']}" + (f": {why}" if why else ""))
+    champion = summary.get("champion")
+    print(
+        f"retrain {summary['status']}"
+        + (f": {why}" if why else "")
+        + (f"; champion: {describe_champion(champion)}" if champion else "")
+    )
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.retrain`: one run; exit 0 when it completed (skipped included), 1 when it failed, 128 + the
+    signal's number when SIGINT or SIGTERM stopped it."""
     import argparse
 
     from gan_enhance.config import parse_overrides
@@ -639,18 +709,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default=".", help="project root (default: the current directory)")
     parser.add_argument("--summary", type=Path, help="write the run's summary (JSON) to this file")
     args = parser.parse_args(argv)
-    with command_line_api():
-        state = retrain(
-            overrides=parse_overrides(args.set),
+    overrides = parse_overrides(args.set)
+    state, interrupted = run_from_command_line(
+        lambda: retrain(
+            overrides=overrides,
             source=args.source,
             force=args.force,
             repo=args.repo,
             build_bento=not args.no_bento,
             return_state=True,
         )
+    )
     if args.summary:
-        summary = state.result() if state.is_completed() else {"status": "failed", "error": state.message}
+        if state is not None and state.is_completed():
+            summary = state.result()
+        else:
+            error = state.message if state is not None else f"interrupted: {interrupted}"
+            summary = {"status": "interrupted" if interrupted else "failed", "error": error}
         args.summary.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if interrupted:
+        return interrupted.exit_code
     return 0 if state.is_completed() else 1
 
 

@@ -2,23 +2,28 @@
 
 One temporary git + DVC repository (dvc.yaml and src/ copied in, tiny params, MLflow in SQLite inside it) goes
 through the retrain flow's story in order: the first retrain registers and promotes; a second one with nothing
-changed skips; a deliberately worse setting registers but is refused (and a stricter policy judges it again); DVC's
-repository lock held by another process fails a step transiently, which is retried and then passes, or keeps failing
-and fails the flow with the step and the reason; a missing data source fails at once and leaves params.yaml as it
-was; a second retrain of the same repository waits for the first or stops. evaluate_champion re-evaluates the
-champion on a benchmark folder. Nothing here is mocked: the lock failures are DVC's own, made by a `dvc` on PATH
-that holds the real lock from another process for its first calls.
+changed skips (a run state named Skipped, the champion's numbers in its report); a deliberately worse setting
+registers but is refused (and a stricter policy judges it again); DVC's repository lock held by another process fails
+a step transiently, which is retried and then passes, or keeps failing and fails the flow with the step and the
+reason; a missing data source fails at once and leaves params.yaml as it was; a second retrain of the same repository
+waits for the first or stops. evaluate_champion re-evaluates the champion on a benchmark folder, prints the table and
+keeps the report. Last, `python -m flows.retrain` on a fresh repository (its own temporary Prefect server, no
+harness) is stopped by SIGTERM while it trains. Nothing here is mocked: the lock failures are DVC's own, made by a
+`dvc` on PATH that holds the real lock from another process for its first calls.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -47,19 +52,23 @@ def prefect_api():
         yield
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path) -> Path:
-    root = tmp_path_factory.mktemp("flows") / "repo"
-    root.mkdir()
+def _make_repo(root: Path, source: Path) -> Path:
+    """A git + DVC repository at `root` with the project's dvc.yaml and src/ and tiny params reading `source`."""
+    root.mkdir(parents=True)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    tree = tiny_params_tree(tiny_source, root)
+    tree = tiny_params_tree(source, root)
     tree["evaluate"].update(fid_crops=4, kid_subset_size=2)  # the Inception passes dominate a tiny run
     (root / "params.yaml").write_text(PARAMS_HEADER + yaml.safe_dump(tree, sort_keys=False))
     _run(["git", "init", "-q"], root)
     _run([str(BIN / "dvc"), "init", "-q"], root)
     _run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
     return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path) -> Path:
+    return _make_repo(tmp_path_factory.mktemp("flows") / "repo", tiny_source)
 
 
 def _registry(repo: Path):
@@ -136,10 +145,16 @@ def test_second_retrain_with_nothing_changed_skips(repo: Path, first_run):
 
     state = retrain(repo=str(repo), return_state=True, **FAST_RETRY)
     assert state.is_completed(), state.message
+    assert state.name == "Skipped" and "nothing changed" in state.message  # not a Completed like a real retrain
     summary = state.result()
     assert summary["status"] == "skipped" and summary["changes"] == []
     assert set(_task_runs(state)) == {"apply params", "detect changes", "report"}
     assert _versions(repo) == ["1"]
+    # the report shows the champion the skipped run leaves in place, with its numbers from the registry
+    psnr = float(_registry(repo).get_model_version(MODEL, "1").tags["metric.psnr"])
+    assert summary["champion"]["version"] == "1" and summary["champion"]["metrics"]["psnr"] == pytest.approx(psnr)
+    report = _artifact("retrain-gan-enhance-sr-x2", state)
+    assert f"**Champion now**: version 1 (psnr {psnr:.4g}, ssim " in report
 
 
 def test_worse_setting_registers_but_does_not_promote(repo: Path, first_run):
@@ -293,7 +308,9 @@ def test_two_retrains_never_run_at_once(repo: Path, first_run):
     assert waited.result()["status"] == "skipped"
 
 
-def test_evaluate_champion_logs_the_benchmark_to_mlflow(repo: Path, first_run, tiny_source: Path, tmp_path: Path):
+def test_evaluate_champion_logs_the_benchmark_to_mlflow(
+    repo: Path, first_run, tiny_source: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     from flows.evaluate_champion import evaluate_champion
 
     benchmark = tmp_path / "Bench4"
@@ -304,6 +321,16 @@ def test_evaluate_champion_logs_the_benchmark_to_mlflow(repo: Path, first_run, t
     assert state.is_completed(), state.message
     result = state.result()
     assert result["version"] == _champion(repo) and result["images"] == 4
+    # the numbers are printed (the model, the baseline, the gain; the flow's prints go to its run log and the
+    # console), the report kept in the repository
+    printed = caplog.text
+    report_dir = repo / "reports/benchmarks/Bench4"
+    assert result["out_dir"] == str(report_dir) and f"report: {report_dir}" in printed
+    assert {"metrics.json", "per_image.csv", "comparison.png"} <= {path.name for path in report_dir.iterdir()}
+    model = json.loads((report_dir / "metrics.json").read_text())["model"]
+    model_row = next(line for line in printed.splitlines() if line.startswith("model "))
+    assert f"{model['psnr']:.4g}" in model_row and f"{model['ssim']:.4g}" in model_row
+    assert "\nbicubic " in printed and "\ngain vs bicubic " in printed
     client = _registry(repo)
     run = client.get_run(result["run_id"])
     version = client.get_model_version(MODEL, result["version"])
@@ -311,10 +338,107 @@ def test_evaluate_champion_logs_the_benchmark_to_mlflow(repo: Path, first_run, t
     assert run.data.tags["benchmark"] == "Bench4" and run.data.tags["model_version"] == result["version"]
     assert run.data.metrics["model_psnr"] == pytest.approx(result["metrics"]["psnr"])
     assert "bicubic_psnr" in run.data.metrics and "model_fid" in run.data.metrics
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} >= {
         "evaluation/metrics.json",
         "evaluation/per_image.csv",
         "evaluation/comparison.png",
     }
     assert version.tags["benchmark.Bench4.run_id"] == run.info.run_id
     assert "| model |" in _artifact("evaluate-gan-enhance-sr-x2-bench4", state)
+
+
+def _processes_with(marker: str) -> dict[int, str]:
+    """pid -> command line of the processes whose environment holds `marker` (this test's PREFECT_HOME=...)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finds the processes it started in /proc")
+def test_sigterm_stops_the_retrain_command_promptly(tiny_source: Path, tmp_path: Path):
+    """`python -m flows.retrain` with no Prefect server (it starts a temporary one), stopped by SIGTERM to its process
+    group (what a terminal's Ctrl+C or a supervisor does) while `dvc repro` trains: it exits at once with 143 and one
+    line, its children and its server gone, the flow run Cancelled, params.yaml and the lock as after a failure."""
+    import sqlite3
+
+    from gan_enhance.device import TELEMETRY_OFF
+    from gan_enhance.servers import free_port
+
+    root = _make_repo(tmp_path / "repo", tiny_source)
+    params_before = (root / "params.yaml").read_text()
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(TELEMETRY_OFF, PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(free_port()))
+    marker = f"PREFECT_HOME={home}"
+    command = [sys.executable, "-m", "flows.retrain", "--repo", str(root), "--no-bento", "-S", "train.steps=100000"]
+    log = tmp_path / "retrain.log"
+    with log.open("w") as output:
+        proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not any("gan-enhance train" in line for line in _processes_with(marker).values()):
+            assert proc.poll() is None, f"the retrain ended before training:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no training after 300 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        time.sleep(1)
+        signalled = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after SIGTERM:\n{log.read_text()[-3000:]}")
+        took = time.monotonic() - signalled
+    finally:  # leave nothing behind when the test fails
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _processes_with(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    output = log.read_text()
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert "interrupted: SIGTERM received; the flow run ended Cancelled" in output
+    assert "Connection refused" not in output and "Error logging to API" not in output  # no retries of a dead API
+    time.sleep(1)  # the server's workers, when the kernel has not reaped them yet
+    assert _processes_with(marker) == {}  # dvc, the training and the temporary Prefect server are gone
+    assert took < 30, f"took {took:.0f} s"
+    # as after a failed pipeline step: the override taken back out, the lock free
+    assert (root / "params.yaml").read_text() == params_before
+    with (root / ".dvc/tmp/retrain.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with contextlib.closing(sqlite3.connect(home / "prefect.db")) as db:  # the temporary server's database
+        assert db.execute("SELECT state_type FROM flow_run").fetchall() == [("CANCELLED",)]
+
+
+def test_retrain_report_screenshot(first_run, tmp_path: Path):
+    """The first run's report, as the Prefect UI shows it (the tests' API server has no UI: a real `prefect server`
+    with its UI gets the same markdown)."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.retrain import artifact_key, render_report
+    from flows.support import command_env
+    from gan_enhance.servers import HOST, free_port, server_process
+
+    from .browser import screenshot
+
+    summary = first_run.result()
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    env = command_env({"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_UI_API_URL": f"{base}/api"})
+    env.pop("PREFECT_API_URL", None)
+    command = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+    with server_process(command, f"{base}/api/health", tmp_path / "server.log", env, timeout_s=180):
+        key = artifact_key(summary["model_name"])
+        with temporary_settings(updates={PREFECT_API_URL: f"{base}/api"}):
+            artifact = create_markdown_artifact(key=key, markdown=render_report(summary), description="retrain report")
+        screenshot(f"{base}/artifacts/artifact/{artifact}", tmp_path / "prefect-retrain-report.png", size=(1280, 1100))
