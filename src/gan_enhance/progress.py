@@ -42,8 +42,8 @@ class Progress:
             interval_s if interval_s is not None else float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_S))
         )
         self.values: dict[str, float] = {}
-        self._start_done, self._started = initial, time.monotonic()
-        self._last_line = self._started
+        self._started = time.monotonic()
+        self._last_line, self._last_done = self._started, initial
         self.bar = tqdm(
             total=total,
             initial=initial,
@@ -66,13 +66,15 @@ class Progress:
         self.bar.update(steps)
         now = time.monotonic()
         if not self.interactive and (now - self._last_line >= self.interval_s or self.done >= self.total):
-            self._last_line = now
             self._write(self.line(now))
+            self._last_line, self._last_done = now, self.done
 
     def line(self, now: float | None = None) -> str:
-        """'desc: step 150/3000 (5.0%) | loss 0.034 | 2.13 steps/s | 22m19s left'."""
-        elapsed = (now or time.monotonic()) - self._started
-        rate = (self.done - self._start_done) / elapsed if elapsed > 0 else 0.0
+        """'desc: step 150/3000 (5.0%) | loss 0.034 | 2.13 steps/s | 22m19s left'. The rate, and the time left
+        from it, are those since the previous line (a training phase or a busy machine can change the pace)."""
+        now = now or time.monotonic()
+        elapsed, recent = now - self._started, now - self._last_line
+        rate = (self.done - self._last_done) / recent if recent > 0 else 0.0
         parts = [f"{self.desc}: {self.unit} {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.1f}%)"]
         if self.values:
             parts.append(" ".join(f"{k} {v:.4g}" for k, v in self.values.items()))
