@@ -26,9 +26,9 @@ def table(metrics: dict, card: dict, params: int) -> str:
         f"{title} ({crops} crops)" if key == "fid" else title for key, title, _ in COLUMNS
     )
     lines = [header + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for method, values in metrics.items():
-        if method in ("gain", "protocol"):
-            continue
+    methods = ["model", *(m for m in metrics if m not in ("model", "gain", "protocol"))]
+    for method in methods:
+        values = metrics[method]
         name = (
             f"model ({card['arch']}, {params / 1e6:.1f}M params, {card['steps']} steps)"
             if method == "model"
