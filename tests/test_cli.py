@@ -69,6 +69,8 @@ def test_registered_models_are_listed_and_used_by_uri(tmp_path: Path, tiny_sourc
     header, row = listing.stdout.splitlines()[:2]
     assert header.split()[:3] == ["MODEL", "VERSION", "ALIASES"] and "PSNR" in header and "FID" in header
     assert row.split()[:3] == [name, "1", "champion"] and "30.00" in row and "promoted" in row
+    unknown = _cli("models", "-p", params_file, "--name", "no-such-model")
+    assert unknown.returncode == 2 and "no registered model 'no-such-model'" in unknown.stderr
 
     image = tmp_path / "photo.png"
     Image.fromarray(photo_crops(1, size=32)[0]).save(image)

@@ -200,7 +200,14 @@ class VersionRow:
 def list_versions(client: MlflowClient, name: str | None = None, last: int = 5) -> list[VersionRow]:
     """The newest `last` versions of each registered model (or of `name`), plus every version holding an alias,
     newest first within each model."""
-    models = [client.get_registered_model(name)] if name else client.search_registered_models()
+    try:
+        models = [client.get_registered_model(name)] if name else client.search_registered_models()
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise RegistryError(
+                f"no registered model '{name}' at {client.tracking_uri}; {_HINTS[CHALLENGER]}"
+            ) from None
+        raise
     rows = []
     for model in sorted(models, key=lambda m: m.name):
         # the registered model knows its aliases; versions from a search do not carry them
