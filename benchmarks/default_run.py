@@ -10,32 +10,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
+from typing import Any
 
 from benchmarks.common import REPO
+from gan_enhance.metric_facts import INTERVAL_SUFFIXES, Metric, present
 
 START, END = "<!-- default-run:start -->", "<!-- default-run:end -->"
-COLUMNS = (("psnr", "PSNR (Y, dB)", ".2f"), ("ssim", "SSIM (Y)", ".4f"), ("fid", "FID", ".2f"), ("kid", "KID", ".4f"))
 
 
 def table(metrics: dict, card: dict, params: int) -> str:
-    """Markdown: the model and each baseline, one row each."""
-    crops = metrics["protocol"]["fid_crops"]
-    header = "| method | " + " | ".join(
-        f"{title} ({crops} crops)" if key == "fid" else title for key, title, _ in COLUMNS
+    """Markdown: the model and each baseline, one row each, every value with its interval; the headers name each
+    metric's sample count."""
+    model, protocol = metrics["model"], metrics["protocol"]
+    shown = present(model)
+    header = f"| method (± {protocol['confidence']:.0%} interval) | " + " | ".join(
+        _title(m, model, protocol) for m in shown
     )
-    lines = [header + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = [header + " |", "|---" * (len(shown) + 1) + "|"]
     methods = ["model", *(m for m in metrics if m not in ("model", "gain", "protocol"))]
     for method in methods:
-        values = metrics[method]
         name = (
             f"model ({card['arch']}, {params / 1e6:.1f}M params, {card['steps']} steps)"
             if method == "model"
             else method
         )
-        lines.append(f"| {name} | " + " | ".join(f"{values[key]:{fmt}}" for key, _, fmt in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(_plus_minus(m, metrics[method]) for m in shown) + " |")
     return "\n".join(lines)
+
+
+def _title(m: Metric, model: dict[str, Any], protocol: dict[str, Any]) -> str:
+    """'PSNR (Y, dB, 4 images)', 'FID (64 crops)'."""
+    n = model[m.name + INTERVAL_SUFFIXES[-1]]
+    details = [protocol["metric_space"].upper(), m.unit.strip(), f"{n} images"] if m.per == "image" else [f"{n} crops"]
+    return f"{m.label} ({', '.join(d for d in details if d)})"
+
+
+def _plus_minus(m: Metric, values: dict[str, Any]) -> str:
+    """'31.61 ± 0.59', or '182.48 +12.10/-10.95' where the interval is not symmetric about the value (FID and KID's
+    bootstrap intervals); an unbounded end (a single sample) shows as inf."""
+    value = values[m.name]
+    low, high, _ = (values.get(m.name + suffix) for suffix in INTERVAL_SUFFIXES)
+    above = m.show(math.inf if high is None else high - value)
+    below = m.show(math.inf if low is None else value - low)
+    return f"{m.show(value)} ± {above}" if above == below else f"{m.show(value)} +{above}/-{below}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors import safe_open
 
     metrics = json.loads((REPO / "reports/eval/metrics.json").read_text())
+    if "confidence" not in metrics["protocol"]:
+        print("reports/eval/metrics.json has no intervals (an older evaluation); run `dvc repro`", file=sys.stderr)
+        return 1
     model = REPO / "models/generator"
     card = json.loads((model / "card.json").read_text())
     with safe_open(str(model / "generator.safetensors"), "pt") as weights:

@@ -76,7 +76,6 @@ def preset_overrides(preset: str, work: Path) -> dict[str, Any]:
             "train.sample_every": 10,
             "train.checkpoint_every": 10,
             "evaluate.fid_crops": 8,
-            "evaluate.kid_subset_size": 4,
         }
     return {  # the tests' tiny params
         "data.source": str(photo_crops(work / "source")),
@@ -97,7 +96,6 @@ def preset_overrides(preset: str, work: Path) -> dict[str, Any]:
         "evaluate.tile_overlap": 8,
         "evaluate.fid_crops": 4,
         "evaluate.fid_crop_size": 32,
-        "evaluate.kid_subset_size": 2,
         "evaluate.grid_images": 2,
     }
 

@@ -42,6 +42,7 @@ from gan_enhance.evaluation.report import MODEL
 from gan_enhance.evaluation.stage import evaluate_folder
 from gan_enhance.evaluation.testsets import TestImage
 from gan_enhance.inference import Enhancer
+from gan_enhance.metric_facts import metric
 from gan_enhance.tasks import build_task
 from gan_enhance.training.stage import train
 
@@ -87,7 +88,6 @@ def part_params(part: str, work: Path, datasets: Path, args: argparse.Namespace)
         "data.split.test": 0.05,
         "evaluate.fid_crops": args.fid_crops,
         "evaluate.fid_crop_size": args.fid_crop_size,
-        "evaluate.kid_subset_size": min(32, args.fid_crops),
     }
     if args.threads:
         extra["train.threads"] = args.threads
@@ -135,8 +135,8 @@ def gray_noise_set(test_set: list[TestImage], sigma: float, seed: int) -> list[T
 def evaluate_set(params: Params, enhancer: Enhancer, test_set: list[TestImage], out: Path) -> dict[str, Any]:
     """The project's evaluation on one test set; metrics.json, per_image.csv and comparison.png into `out`."""
     started = time.perf_counter()
-    result, rows = evaluate_test_set(params, build_task(params.task), enhancer, test_set, out)
-    return {"summary": result, "per_image": rows, "eval_seconds": time.perf_counter() - started}
+    evaluation = evaluate_test_set(params, build_task(params.task), enhancer, test_set, out)
+    return {"summary": evaluation.result, "per_image": evaluation.rows, "eval_seconds": time.perf_counter() - started}
 
 
 def run_part(part: str, datasets: Path, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -178,22 +178,20 @@ def run_part(part: str, datasets: Path, args: argparse.Namespace) -> dict[str, A
     return {"config": PARTS[part], "training": training, "sets": results}
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _show(name: str, value: float | None) -> str:
+    """A value of metric `name` in its format; '-' for none."""
+    return "-" if value is None else metric(name).show(value)
 
 
-def _psnr_ssim(metrics: dict[str, float]) -> str:
-    return f"{metrics['psnr']:.2f} / {metrics['ssim']:.4f}"
-
-
-def _fid_kid(metrics: dict[str, float]) -> str:
-    return f"{metrics['fid']:.1f} / {metrics['kid'] * 1000:.1f}"
+def _pair(metrics: dict[str, float], a: str, b: str) -> str:
+    """'31.61 / 0.8294': two metrics of one method."""
+    return f"{_show(a, metrics[a])} / {_show(b, metrics[b])}"
 
 
 def sr_table(part: dict[str, Any]) -> str:
     sets = list(part["sets"])
     t = part["training"]
-    head = "| method | params | " + " | ".join(f"{s} PSNR / SSIM | {s} FID / KIDx1000" for s in sets) + " |"
+    head = "| method | params | " + " | ".join(f"{s} PSNR / SSIM | {s} FID / KID" for s in sets) + " |"
     lines = [head, "|" + "---|" * (2 + 2 * len(sets))]
     measured = [
         (f"**gan-enhance {t['generator']}, EMA G** ({t['steps']} steps, {t['train_seconds'] / 60:.1f} min)", MODEL),
@@ -202,7 +200,8 @@ def sr_table(part: dict[str, Any]) -> str:
     for label, method in measured:
         size = f"{t['generator_params'] / 1000:.0f}K" if method == MODEL else "-"
         cells = [
-            f"{_psnr_ssim(part['sets'][s]['summary'][method])} | {_fid_kid(part['sets'][s]['summary'][method])}"
+            f"{_pair(part['sets'][s]['summary'][method], 'psnr', 'ssim')} | "
+            f"{_pair(part['sets'][s]['summary'][method], 'fid', 'kid')}"
             for s in sets
         ]
         lines.append(f"| {label} | {size} | " + " | ".join(cells) + " |")
@@ -210,7 +209,7 @@ def sr_table(part: dict[str, Any]) -> str:
         cells = []
         for s in sets:
             psnr, ssim = published.get(s, (None, None))
-            cells.append(f"{_fmt(psnr, 2)} / {_fmt(ssim, 4)} | -" if psnr else "- | -")
+            cells.append(f"{_show('psnr', psnr)} / {_show('ssim', ssim)} | -" if psnr else "- | -")
         lines.append(f"| {method} (published) | {size} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -232,13 +231,14 @@ def denoise_table(part: dict[str, Any]) -> str:
     for label, method in measured:
         size = f"{t['generator_params'] / 1000:.0f}K" if method == MODEL else "-"
         cells = [
-            f"{_psnr_ssim(part['sets'][s]['summary'][method])} | {part['sets'][s]['summary'][method]['fid']:.1f}"
+            f"{_pair(part['sets'][s]['summary'][method], 'psnr', 'ssim')} | "
+            f"{_show('fid', part['sets'][s]['summary'][method]['fid'])}"
             for s in sets
         ]
         lines.append(f"| {label} | {size} | " + " | ".join(cells) + " | - | - |")
     for method, gray, colour in PUBLISHED_DENOISE:
         blanks = " | ".join("- | -" for _ in sets)
-        lines.append(f"| {method} (published) | - | {blanks} | {gray:.2f} | {_fmt(colour, 2)} |")
+        lines.append(f"| {method} (published) | - | {blanks} | {_show('psnr', gray)} | {_show('psnr', colour)} |")
     return "\n".join(lines)
 
 
@@ -253,7 +253,7 @@ def training_table(parts: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"| {name} | {t['model']} | {t['generator_params']:,} | {t['train_images']} | {t['steps']} "
             f"({t['warmup_steps']}) | {t['train_seconds']:.0f} s ({t['train_seconds'] / 60:.1f} min) | "
-            f"{t['seconds_per_step']:.3f} | {_fmt(t['final_val_psnr'], 2)} dB |"
+            f"{t['seconds_per_step']:.3f} | {_show('psnr', t['final_val_psnr'])} dB |"
         )
     return "\n".join(lines)
 

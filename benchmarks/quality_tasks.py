@@ -36,19 +36,12 @@ from gan_enhance.device import disable_telemetry
 from gan_enhance.evaluation.report import MODEL
 from gan_enhance.evaluation.stage import evaluate
 from gan_enhance.inference import Enhancer
+from gan_enhance.metric_facts import present
 from gan_enhance.training.stage import train
 
 PARTS = {"inpaint": "inpaint", "translate": "translate_warm_film", "generate": "generate_digits"}
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## More tasks"
-COLUMNS = {  # metric -> (header, format)
-    "psnr_hole": ("PSNR in holes", ".2f"),
-    "ssim_hole": ("SSIM in holes", ".4f"),
-    "psnr": ("PSNR", ".2f"),
-    "ssim": ("SSIM", ".4f"),
-    "fid": ("FID", ".1f"),
-    "kid": ("KID x1000", ".1f"),
-}
 TITLES = {
     "inpaint": "Inpainting, embedded photos (test split at full size, seeded masks, hole ratio 10-40%)",
     "translate": "Unpaired translation photos -> warm film (demonstration pair; FID to the graded test photos)",
@@ -91,9 +84,9 @@ def run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
 def table(part: str, outcome: dict[str, Any]) -> str:
     metrics = outcome["metrics"]
     methods = [m for m in metrics if m not in ("gain", "protocol")]
-    columns = [c for c in COLUMNS if c in metrics[MODEL]]
+    columns = present(metrics[MODEL])
     lines = [
-        "| method | " + " | ".join(COLUMNS[c][0] for c in columns) + " |",
+        "| method | " + " | ".join(m.label for m in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
     for method in methods:
@@ -103,7 +96,7 @@ def table(part: str, outcome: dict[str, Any]) -> str:
             if method == MODEL
             else method
         )
-        cells = [format(metrics[method][c] * (1000 if c == "kid" else 1), COLUMNS[c][1]) for c in columns]
+        cells = [m.show(metrics[method][m.name]) for m in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     protocol = metrics["protocol"]
     note = f"{protocol['test_images']} test images; FID/KID on {protocol['fid_crops']} "

@@ -3,12 +3,13 @@ evaluate stage's code and protocol, and log the result to MLflow.
 
 The result goes to a new MLflow run named `evaluate-champion-<benchmark>-v<version>`, nested under the run that
 registered the champion (same experiment; tags name the registered model, version, alias and benchmark), with the
-metrics of the model and of the classical baseline (`<method>_<metric>`, e.g. model_psnr, bicubic_psnr), the
-model's gain, and metrics.json, per_image.csv and comparison.png as artifacts. The version itself is tagged
-`benchmark.<name>.run_id` and `benchmark.<name>.<metric>` so the registry UI shows where it was measured (these
-are not `metric.*` tags: the promotion policy keeps comparing on the evaluate stage's protocol). The flow prints the
-table of the model's and the baselines' metrics and the gain (a Prefect markdown artifact shows it too) and keeps
-the report files in reports/benchmarks/<benchmark>/ (or `--out`).
+metrics of the model and of the classical baselines (`<method>_<metric>`, e.g. model_psnr, bicubic_psnr, with
+their intervals: model_psnr_low, ...), the model's gain over each baseline, and metrics.json, per_image.csv and
+comparison.png as artifacts. The version itself is tagged `benchmark.<name>.run_id` and `benchmark.<name>.<metric>`
+so the registry UI shows where it was measured (these are not `metric.*` tags: the promotion policy keeps comparing
+on the evaluate stage's protocol). The flow prints the table of the model's and the baselines' metrics and the
+gains, each with its interval (a Prefect markdown artifact shows it too) and keeps the report files in
+reports/benchmarks/<benchmark>/ (or `--out`).
 
     python -m flows.evaluate_champion --benchmark ../shared/datasets/Set14
 """
@@ -16,6 +17,7 @@ the report files in reports/benchmarks/<benchmark>/ (or `--out`).
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -38,12 +40,12 @@ from flows.support import (
     use_registry,
 )
 from gan_enhance.device import disable_telemetry
+from gan_enhance.metric_facts import INTERVAL_SUFFIXES, Metric, present, samples_note
 
 disable_telemetry()
 
 DEFAULT_BENCHMARK = "../shared/datasets/Set14"
 REPORTS_DIR = "reports/benchmarks"  # <repo>/reports/benchmarks/<benchmark>: the report files, unless out_dir is given
-METRIC_ORDER = ("psnr", "ssim", "psnr_hole", "ssim_hole", "fid", "kid", "kid_std")
 
 
 def benchmark_name(folder: Path) -> str:
@@ -124,7 +126,7 @@ def log_evaluation(repo: Path, evaluation: dict[str, Any], folder: Path, out_dir
             for method, values in result.items()
             if method != "protocol"
             for key, value in values.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         }
         client.log_batch(
             run_id,
@@ -137,56 +139,70 @@ def log_evaluation(repo: Path, evaluation: dict[str, Any], folder: Path, out_dir
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_model_version_tag(name, version, f"benchmark.{bench}.run_id", run_id)
-    for key in ("psnr", "ssim", "fid"):
-        if key in result["model"]:
-            client.set_model_version_tag(name, version, f"benchmark.{bench}.{key}", repr(float(result["model"][key])))
+    for m in present(result["model"]):
+        client.set_model_version_tag(name, version, f"benchmark.{bench}.{m.name}", repr(float(result["model"][m.name])))
     get_run_logger().info(f"logged to MLflow run {run_id} (experiment {experiment_id}, parent run {parent})")
     return run_id
 
 
-def metric_table(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, float]]]]:
-    """The columns (metrics the model has, in METRIC_ORDER) and the rows: the model, each baseline, and the model's
-    gain over the first baseline (positive = better; FID's gain is baseline minus model)."""
-    columns = [c for c in METRIC_ORDER if c in result["model"]]
-    rows = [(method, values) for method, values in result.items() if method not in ("gain", "protocol")]
-    gains: dict[str, dict[str, float]] = {}
-    for key, value in result.get("gain", {}).items():
-        metric, _, baseline = key.partition("_vs_")
-        gains.setdefault(baseline, {})[metric] = value
-    rows += [(f"gain vs {baseline}", values) for baseline, values in gains.items()]
+Row = tuple[str, dict[str, Any], bool]  # label, values (<metric>, <metric>_low, ...), whether they are gains
+
+
+def metric_table(result: dict[str, Any]) -> tuple[list[Metric], list[Row]]:
+    """The columns (the metrics the model has) and the rows: the model, each baseline, and the model's gain over
+    each baseline (positive = better), each metric with its interval."""
+    columns = present(result["model"])
+    methods = [method for method in result if method not in ("gain", "protocol")]
+    rows: list[Row] = [(method, result[method], False) for method in methods]
+    gain = result.get("gain", {})
+    for baseline in (method for method in methods if method != "model"):
+        values = {
+            m.name + suffix: gain[f"{m.name}_vs_{baseline}{suffix}"]
+            for m in columns
+            for suffix in ("", *INTERVAL_SUFFIXES)
+            if f"{m.name}_vs_{baseline}{suffix}" in gain
+        }
+        if values:
+            rows.append((f"gain vs {baseline}", values, True))
     return columns, rows
 
 
-def _cell(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, int | float) else "-"
-
-
 def render(evaluation: dict[str, Any], folder: Path, run_id: str, alias: str, out: Path) -> str:
-    """Markdown: the metric table of the model, the baselines and the gain, where the report and the run are."""
-    columns, rows = metric_table(evaluation["result"])
+    """Markdown: the metric table of the model, the baselines and the gains, where the report and the run are."""
+    result = evaluation["result"]
+    columns, rows = metric_table(result)
     lines = [
         f"# `{evaluation['model_name']}` version {evaluation['version']} (@{alias}) on {benchmark_name(folder)}",
         "",
         f"{evaluation['images']} images from `{folder}`; report in `{out}`; MLflow run `{run_id}`.",
         "",
-        "| method | " + " | ".join(columns) + " |",
+        "| method | " + " | ".join(m.name for m in columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
-    lines += [f"| {method} | " + " | ".join(_cell(values.get(c)) for c in columns) + " |" for method, values in rows]
+    lines += [
+        f"| {label} | " + " | ".join(m.show_interval(values, signed) for m in columns) + " |"
+        for label, values, signed in rows
+    ]
+    lines += ["", samples_note(result["model"], columns, result["protocol"].get("confidence"))]
     return "\n".join(lines) + "\n"
 
 
 def render_text(evaluation: dict[str, Any], folder: Path, alias: str) -> str:
     """The same table as plain text, for the console."""
-    columns, rows = metric_table(evaluation["result"])
-    width = max(len(method) for method, _ in rows)
-    header = f"{'method':<{width}}" + "".join(f"{c:>11}" for c in columns)
+    result = evaluation["result"]
+    columns, rows = metric_table(result)
+    table = [["method", *(m.name for m in columns)]]
+    table += [[label, *(m.show_interval(values, signed) for m in columns)] for label, values, signed in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = [
         f"{evaluation['model_name']} version {evaluation['version']} (@{alias}) on {benchmark_name(folder)} "
-        f"({evaluation['images']} images):",
-        header,
+        f"({evaluation['images']} images):"
     ]
-    lines += [f"{method:<{width}}" + "".join(f"{_cell(values.get(c)):>11}" for c in columns) for method, values in rows]
+    lines += [
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+        for row in table
+    ]
+    lines.append(samples_note(result["model"], columns, result["protocol"].get("confidence")))
     return "\n".join(lines)
 
 

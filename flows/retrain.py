@@ -59,6 +59,7 @@ from flows.support import (
     use_registry,
 )
 from gan_enhance.device import disable_telemetry
+from gan_enhance.metric_facts import present, samples_note
 
 disable_telemetry()
 
@@ -68,8 +69,6 @@ POLICY_STATE = Path(".dvc/tmp/retrain-policy.json")  # the promotion policy the 
 PIPELINE_TARGET = "evaluate"  # `dvc repro evaluate`: prepare -> train -> evaluate, whichever DVC finds stale
 REGISTER_TARGET = "register"
 BENTO_OUT = "dist"
-METRIC_ORDER = ("fid", "kid", "kid_std", "psnr", "ssim", "psnr_hole", "ssim_hole")
-CHAMPION_METRICS = ("psnr", "ssim", "psnr_hole", "ssim_hole", "fid", "kid")  # the champion's line in the summary
 SHORT_TIMEOUT_S = 900.0  # status checks, registry calls, the report
 REGISTER_TIMEOUT_S = 1800.0
 
@@ -344,7 +343,7 @@ def run_pipeline(repo: Path, timeout_s: float) -> None:
 
 @task(name="read metrics", cache_policy=NO_CACHE, timeout_seconds=SHORT_TIMEOUT_S)
 def read_metrics(repo: Path) -> dict[str, Any]:
-    """The evaluate stage's metrics.json: the model's numbers and the first baseline's."""
+    """The evaluate stage's metrics.json: the model's numbers and the first baseline's, and the intervals' level."""
     from gan_enhance.evaluation.report import METRICS_FILE, MODEL
 
     path = repo / repo_params(repo).evaluate.out_dir / METRICS_FILE
@@ -353,11 +352,12 @@ def read_metrics(repo: Path) -> dict[str, Any]:
     result = json.loads(path.read_text())
     baselines = [key for key in result if key not in (MODEL, "gain", "protocol")]
     numbers = {key: value for key, value in result[MODEL].items() if isinstance(value, int | float)}
-    _log("challenger metrics: " + ", ".join(f"{key} {value:.4g}" for key, value in numbers.items()))
+    _log("challenger metrics: " + ", ".join(f"{m.name} {m.show_interval(numbers)}" for m in present(numbers)))
     return {
         "model": numbers,
         "baseline": baselines[0] if baselines else None,
         "baseline_metrics": result[baselines[0]] if baselines else {},
+        "confidence": result["protocol"].get("confidence"),
     }
 
 
@@ -459,10 +459,6 @@ def artifact_key(model_name: str) -> str:
     return "retrain-" + re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, int | float) else "–"
-
-
 def current_champion(repo: Path) -> dict[str, Any] | None:
     """The version holding `champion` now and its metrics (its registry tags); None when tracking is off or no
     version holds the alias."""
@@ -485,17 +481,15 @@ def current_champion(repo: Path) -> dict[str, Any] | None:
 
 
 def describe_champion(champion: dict[str, Any]) -> str:
-    """'version 3 (psnr 31.6, ssim 0.8285, fid 184.7, kid 0.02122)'."""
+    """'version 3 (psnr 31.61 [31.02, 32.20], ssim 0.8285 [0.8101, 0.8469], ...)': each metric with its interval."""
     metrics = champion["metrics"]
-    shown = ", ".join(f"{name} {_fmt(metrics[name])}" for name in CHAMPION_METRICS if name in metrics)
+    shown = ", ".join(f"{m.name} {m.show_interval(metrics)}" for m in present(metrics))
     return f"version {champion['version']}" + (f" ({shown})" if shown else "")
 
 
 def render_report(summary: dict[str, Any]) -> str:
-    """Markdown: the decision, the challenger's metrics beside the champion's (and the baseline's), what changed,
-    the registration, the bento and each step's time."""
-    from gan_enhance.config import KNOWN_DIRECTIONS
-
+    """Markdown: the decision, the challenger's metrics beside the champion's (and the baseline's), each with its
+    interval, what changed, the registration, the bento and each step's time."""
     model = summary.get("model_name") or "the model"
     lines = [f"# Retrain of `{model}`: {summary['status']}", ""]
     if summary.get("error"):
@@ -504,18 +498,20 @@ def render_report(summary: dict[str, Any]) -> str:
     if promotion:
         lines += [f"**Decision**: {promotion['verdict']}: {promotion['reason']}", ""]
         champion = promotion.get("champion_before")
-        baseline = (summary.get("metrics") or {}).get("baseline")
+        evaluated = summary.get("metrics") or {}
+        baseline = evaluated.get("baseline")
         ours, theirs = promotion["challenger_metrics"], promotion["champion_metrics"]
-        base_metrics = (summary.get("metrics") or {}).get("baseline_metrics") or {}
+        base_metrics = evaluated.get("baseline_metrics") or {}
         held = f"v{champion}" if champion else "(none)"
         header = f"| metric | challenger v{promotion['version']} | champion {held} |"
         lines += [header + (f" {baseline} |" if baseline else ""), "|---|---:|---:|" + ("---:|" if baseline else "")]
-        names = [m for m in METRIC_ORDER if m in ours or m in theirs] + sorted(set(ours) - set(METRIC_ORDER))
-        for name in names:
-            arrow = {"lower": " ↓", "higher": " ↑"}.get(KNOWN_DIRECTIONS.get(name, ""), "")
-            row = f"| {name}{arrow} | {_fmt(ours.get(name))} | {_fmt(theirs.get(name))} |"
-            lines.append(row + (f" {_fmt(base_metrics.get(name))} |" if baseline else ""))
-        lines.append("")
+        shown = present({**theirs, **ours})
+        for m in shown:
+            arrow = {"lower": "↓", "higher": "↑"}[m.direction]
+            row = f"| {m.name} {arrow} | {m.show_interval(ours)} | {m.show_interval(theirs)} |"
+            lines.append(row + (f" {m.show_interval(base_metrics)} |" if baseline else ""))
+        note = samples_note(ours, shown, evaluated.get("confidence"))
+        lines += ["", note, ""] if note else [""]
     elif summary.get("reason"):
         lines += [f"**Decision**: {summary['reason']}", ""]
     champion = summary.get("champion")

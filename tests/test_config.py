@@ -49,7 +49,8 @@ def test_network_options_are_checked_against_the_network():
 def test_cross_field_rules():
     assert "warmup_steps (50) exceeds steps (10)" in _error({"train.steps": 10, "train.warmup_steps": 50})
     assert "multiple of the scale (3)" in _error({"task.sr.scale": 3, "train.patch_size": 64})
-    assert "kid_subset_size" in _error({"evaluate.kid_subset_size": 100, "evaluate.fid_crops": 10})
+    assert "tile_overlap (64) must be < tile / 2" in _error({"evaluate.tile": 128, "evaluate.tile_overlap": 64})
+    assert "evaluate.kid_subset_size" in _error({"evaluate.kid_subset_size": 8})  # KID now takes every crop
 
 
 def test_overrides_are_yaml_typed_and_validated_like_the_file():

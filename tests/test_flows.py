@@ -58,7 +58,7 @@ def _make_repo(root: Path, source: Path) -> Path:
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     tree = tiny_params_tree(source, root)
-    tree["evaluate"].update(fid_crops=4, kid_subset_size=2)  # the Inception passes dominate a tiny run
+    tree["evaluate"].update(fid_crops=4)  # the Inception passes dominate a tiny run
     (root / "params.yaml").write_text(PARAMS_HEADER + yaml.safe_dump(tree, sort_keys=False))
     _run(["git", "init", "-q"], root)
     _run([str(BIN / "dvc"), "init", "-q"], root)

@@ -3,16 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
-from gan_enhance.evaluation.metrics import (
-    _Precomputed,
-    fid_kid,
-    frechet_distance,
-    inception_features,
-    psnr_ssim,
-    rgb_to_y,
-)
+from gan_enhance.evaluation.metrics import inception_features, psnr_ssim, rgb_to_y
+from gan_enhance.evaluation.uncertainty import CropStatistics
 
 from .conftest import photo_crops
 
@@ -45,24 +41,41 @@ def test_identical_images_have_ssim_one_and_metrics_need_uint8():
         psnr_ssim(image.astype(np.float32), image)
 
 
+class _Precomputed(nn.Module):
+    """Lets torchmetrics' FID/KID consume features directly."""
+
+    num_features = 2048
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
 def test_fid_is_zero_for_a_set_against_itself_and_grows_with_noise():
     crops = photo_crops(10, size=64)
     real = inception_features(crops)
-    assert real.shape == (10, 2048)
-    same = fid_kid(real, real, kid_subset_size=5)
+    assert real.shape == (10, 2048) and real.dtype == np.float32
     rng = np.random.default_rng(0)
     noisy = [np.clip(c + rng.normal(0, 40, c.shape), 0, 255).astype(np.uint8) for c in crops]
-    other = fid_kid(real, inception_features(noisy), kid_subset_size=5)
-    assert abs(same["fid"]) < 1e-3
-    assert other["fid"] > 10 * max(same["fid"], 1.0)
-    assert other["kid"] > same["kid"]
+    stats = CropStatistics(real, {"same": real, "noisy": inception_features(noisy)})
+    assert abs(stats.point("same", "fid")) < 1e-3
+    assert stats.point("noisy", "fid") > 10 * max(stats.point("same", "fid"), 1.0)
+    assert stats.point("noisy", "kid") > stats.point("same", "kid")
 
 
-def test_fast_frechet_distance_equals_torchmetrics():
+def test_fid_and_kid_from_gram_matrices_equal_torchmetrics():
     gen = torch.Generator().manual_seed(0)
     real = torch.rand(40, 2048, generator=gen, dtype=torch.float64)
-    fake = (real[:30] + 0.2 * torch.randn(30, 2048, generator=gen, dtype=torch.float64)).abs()
-    reference = FrechetInceptionDistance(feature=_Precomputed())
-    reference.update(real, real=True)
-    reference.update(fake, real=False)
-    assert frechet_distance(real, fake) == pytest.approx(float(reference.compute()), rel=1e-5)
+    fake = (real + 0.2 * torch.randn(40, 2048, generator=gen, dtype=torch.float64)).abs()
+    fid = FrechetInceptionDistance(feature=_Precomputed())
+    kid = KernelInceptionDistance(feature=_Precomputed(), subsets=1, subset_size=40)  # one subset: all samples
+    for metric in (fid, kid):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+    stats = CropStatistics(real.numpy(), {"fake": fake.numpy()})
+    assert stats.point("fake", "fid") == pytest.approx(float(fid.compute()), rel=1e-6)
+    assert stats.point("fake", "kid") == pytest.approx(float(kid.compute()[0]), rel=1e-9)
+    unequal = CropStatistics(real.numpy(), {"fake": fake[:30].numpy()})
+    fid.reset()
+    fid.update(real, real=True)
+    fid.update(fake[:30], real=False)
+    assert unequal.point("fake", "fid") == pytest.approx(float(fid.compute()), rel=1e-6)

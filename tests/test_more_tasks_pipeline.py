@@ -25,7 +25,7 @@ from .conftest import photo_crops, tiny_params_tree
 
 pytestmark = pytest.mark.slow
 
-FAST_EVAL = {"evaluate.fid_crops": 16, "evaluate.kid_subset_size": 8, "evaluate.fid_crop_size": 48}
+FAST_EVAL = {"evaluate.fid_crops": 16, "evaluate.fid_crop_size": 48}
 INPAINT = {
     "task.name": "inpaint",
     "model.generator": {"name": "gated_unet", "num_feat": 12, "depth": 2},
@@ -50,7 +50,6 @@ TRANSLATE = {
     "task.translate.cycle_weight": 5.0,
     "evaluate.fid_crops": 64,
     "evaluate.fid_crop_size": 32,
-    "evaluate.kid_subset_size": 16,
 }
 GENERATE = {
     "task.name": "generate",

@@ -8,86 +8,140 @@ from pathlib import Path
 import pytest
 
 from gan_enhance.config import ParamsError, PromoteParams, load_params
-from gan_enhance.lifecycle.promotion import Candidate, decide, protocol_differences
+from gan_enhance.evaluation.evidence import Evidence
+from gan_enhance.evaluation.report import protocol_differences
+from gan_enhance.lifecycle.promotion import Candidate, Policy, decide
 from gan_enhance.lifecycle.register import dvc_data_hash, registration_key
 from gan_enhance.lifecycle.registry import registered_model_name
+from tests.evidence_support import synthetic_evidence
 
-PROTOCOL = {"test_set_hash": "abc", "fid_crops": 64, "torchmetrics": "1.9.0", "metric_space": "y"}
-POLICY = PromoteParams()  # fid lower is better; psnr may drop by at most 0.1
-
-
-def _candidate(version: str, fid: float, psnr: float, protocol: dict | None = PROTOCOL) -> Candidate:
-    return Candidate(version, {"fid": fid, "psnr": psnr, "ssim": 0.8}, protocol)
+PROTOCOL = {"test_set_hash": "abc", "fid_crops": 64, "torchmetrics": "1.9.0", "metric_space": "y", "seed": 1}
+POLICY = Policy(PromoteParams(primary_metric="kid"), "bicubic", 400)  # PSNR may drop by <= 0.1 dB; beat bicubic
 
 
-def test_first_model_becomes_champion():
-    decision = decide(_candidate("1", 120.0, 27.0), None, POLICY)
-    assert decision.promote and "first champion" in decision.reason and "120" in decision.reason
+def _candidate(version: str, evidence: Evidence | None, protocol: dict | None = PROTOCOL) -> Candidate:
+    return Candidate(version, protocol, evidence)
 
 
-def test_better_primary_within_guard_tolerance_is_promoted():
-    decision = decide(_candidate("2", 110.0, 26.95), _candidate("1", 120.0, 27.0), POLICY)
-    assert decision.promote
-    assert "110" in decision.reason and "120" in decision.reason and "version 1" in decision.reason
+def test_first_model_becomes_champion_only_when_it_beats_its_baseline():
+    first = decide(_candidate("1", synthetic_evidence(noise=0.5, psnr=30.0)), None, POLICY)
+    assert first.promote and first.reason.startswith("first champion; beats bicubic: KID")
+    losing = decide(_candidate("1", synthetic_evidence(noise=1.2, psnr=30.0)), None, POLICY)
+    assert not losing.promote
+    assert "does not beat its classical baseline bicubic with significance: KID" in losing.reason
+    assert "registered, but not made champion" in losing.reason
+    tied = decide(_candidate("1", synthetic_evidence(noise=1.0, psnr=30.0, seed=998)), None, POLICY)
+    assert not tied.promote and "does not beat its classical baseline" in tied.reason
+    ungated = Policy(PromoteParams(primary_metric="kid", require_baseline_win=False), "bicubic", 400)
+    assert decide(_candidate("1", synthetic_evidence(noise=1.2, psnr=30.0)), None, ungated).promote
 
 
-def test_worse_or_equal_primary_is_refused_with_the_numbers():
-    for fid in (130.0, 120.0):
-        decision = decide(_candidate("2", fid, 28.0), _candidate("1", 120.0, 27.0), POLICY)
-        assert not decision.promote
-        assert f"fid {fid:g} is not lower than champion version 1's 120" in decision.reason
+def test_a_real_improvement_is_promoted_with_its_interval():
+    champion = _candidate("1", synthetic_evidence(noise=0.6, psnr=30.0, seed=1))
+    decision = decide(_candidate("2", synthetic_evidence(noise=0.3, psnr=29.95, seed=2)), champion, POLICY)
+    assert decision.promote, decision.reason
+    assert "against champion version 1: significantly better" in decision.reason
+    assert (
+        "difference -" in decision.reason and "95% interval" in decision.reason and "64 paired crops" in decision.reason
+    )
+    assert (
+        "PSNR 29.95 vs 30.00, difference -0.05" in decision.reason and "within the tolerance 0.1 dB" in decision.reason
+    )
 
 
-def test_guard_loss_beyond_tolerance_is_refused():
-    decision = decide(_candidate("2", 100.0, 26.8), _candidate("1", 120.0, 27.0), POLICY)
+def test_an_improvement_within_the_noise_is_refused():
+    # the same error level, other draws of it: the point estimates differ, and a 95 % test promotes at most its
+    # one-sided error rate (2.5 %) of them; the old point-estimate rule promoted every draw that came out lower
+    champion = _candidate("1", synthetic_evidence(noise=0.5, psnr=30.0, seed=1))
+    decisions = [
+        decide(_candidate(str(seed), synthetic_evidence(noise=0.5, psnr=30.0, seed=seed)), champion, POLICY)
+        for seed in range(2, 42)
+    ]
+    lower = [d for d in decisions if "difference -" in d.reason]
+    assert len(lower) >= 10  # the old rule would have promoted each of these
+    assert sum(d.promote for d in decisions) <= 3  # 1 expected
+    assert "not significant, champion kept" in next(d for d in lower if not d.promote).reason
+
+
+def test_a_worse_challenger_is_refused():
+    champion = _candidate("1", synthetic_evidence(noise=0.3, psnr=30.0))
+    decision = decide(_candidate("2", synthetic_evidence(noise=0.6, psnr=31.0, seed=2)), champion, POLICY)
+    assert not decision.promote and "champion kept" in decision.reason and "difference +" in decision.reason
+
+
+def test_a_guard_loss_beyond_tolerance_is_refused():
+    champion = _candidate("1", synthetic_evidence(noise=0.6, psnr=30.0))
+    decision = decide(_candidate("2", synthetic_evidence(noise=0.2, psnr=29.0, seed=2)), champion, POLICY)
     assert not decision.promote
-    assert "psnr 26.8 loses 0.2" in decision.reason and "tolerance 0.1" in decision.reason
+    assert "significantly better, but PSNR 29.00 vs 30.00" in decision.reason
+    assert "may lose up to 1.00 dB, more than the tolerance 0.1 dB" in decision.reason
 
 
-def test_mismatched_protocol_is_refused_naming_each_difference():
-    other = {**PROTOCOL, "fid_crops": 8, "test_set_hash": "def"}
-    decision = decide(_candidate("2", 50.0, 30.0, other), _candidate("1", 120.0, 27.0), POLICY)
+def test_a_noisy_guard_is_refused_when_its_interval_admits_too_large_a_loss():
+    champion_evidence = synthetic_evidence(noise=0.6, psnr=30.0)
+    challenger = synthetic_evidence(noise=0.2, psnr=30.0, seed=2)
+    challenger.per_image["model"]["psnr"] = challenger.per_image["model"]["psnr"] + [0.5, -0.5, 0.0]  # same mean
+    decision = decide(_candidate("2", challenger), _candidate("1", champion_evidence), POLICY)
+    assert not decision.promote and "more than the tolerance" in decision.reason
+
+
+def test_different_crop_seeds_are_compared_unpaired_over_crops():
+    champion = synthetic_evidence(noise=0.5, psnr=30.0)
+    reseeded = synthetic_evidence(noise=0.5, psnr=30.0, seed=3, crop_seed=1)  # the same model, other crops
+    decision = decide(_candidate("2", reseeded), _candidate("1", champion), POLICY)
+    assert not decision.promote and "64 crops" in decision.reason and "paired crops" not in decision.reason
+
+
+def test_mismatched_or_missing_protocol_and_evidence_are_refused():
+    champion = _candidate("1", synthetic_evidence(noise=0.6, psnr=30.0))
+    better = synthetic_evidence(noise=0.2, psnr=30.0, seed=2)
+    other = {**PROTOCOL, "fid_crops": 128, "test_set_hash": "def", "seed": 2}
+    decision = decide(_candidate("2", better, other), champion, POLICY)
     assert not decision.promote
-    assert "protocols differ" in decision.reason
-    assert "fid_crops: 8 vs 64" in decision.reason and "test_set_hash: 'def' vs 'abc'" in decision.reason
-    assert protocol_differences(PROTOCOL, dict(PROTOCOL)) == []
-    missing = decide(_candidate("2", 50.0, 30.0, None), _candidate("1", 120.0, 27.0), POLICY)
-    assert not missing.promote and "version 2 carries no evaluation protocol" in missing.reason
-
-
-def test_missing_metric_is_refused():
-    bare = Candidate("2", {"psnr": 30.0}, PROTOCOL)
-    decision = decide(bare, _candidate("1", 120.0, 27.0), POLICY)
-    assert not decision.promote and "no metric 'fid'" in decision.reason
+    assert "fid_crops: 128 vs 64" in decision.reason and "test_set_hash: 'def' vs 'abc'" in decision.reason
+    assert "seed" not in decision.reason  # another crop seed is comparable (unpaired over crops)
+    assert "no evaluation protocol" in decide(_candidate("2", better, None), champion, POLICY).reason
+    missing = decide(_candidate("2", None), champion, POLICY)
+    assert not missing.promote and "version 2 carries no evaluation evidence" in missing.reason
+    old_champion = decide(_candidate("2", better), _candidate("1", None), POLICY)
+    assert not old_champion.promote and "version 1 carries no evaluation evidence" in old_champion.reason
+    assert protocol_differences(PROTOCOL, other) == [
+        "fid_crops: 64 vs 128",
+        "test_set_hash: 'abc' vs 'def'",
+    ]
 
 
 def test_tasks_without_the_guard_metric_are_judged_on_the_primary_alone():
-    """Translation and generation report FID/KID only: no PSNR guard applies, but one-sided guards do not compare."""
-    first = decide(Candidate("1", {"fid": 80.0, "kid": 0.02}, PROTOCOL), None, POLICY)
-    assert first.promote and "no 'psnr' in this task's evaluation" in first.reason
-    champion = Candidate("1", {"fid": 80.0, "kid": 0.02}, PROTOCOL)
-    better = decide(Candidate("2", {"fid": 70.0, "kid": 0.03}, PROTOCOL), champion, POLICY)
-    assert better.promote and "so no guard" in better.reason
-    assert not decide(Candidate("3", {"fid": 90.0}, PROTOCOL), champion, POLICY).promote
-    one_sided = decide(_candidate("4", 70.0, 30.0), champion, POLICY)
-    assert not one_sided.promote and "version 4 carries 'psnr' but version 1 does not" in one_sided.reason
+    translation = synthetic_evidence(noise=0.2, psnr=30.0, seed=2, baseline="identity")
+    translation.per_image = {}
+    champion = synthetic_evidence(noise=0.6, psnr=30.0, baseline="identity")
+    champion.per_image = {}
+    policy = Policy(PromoteParams(primary_metric="kid"), "identity", 400)
+    decision = decide(_candidate("2", translation), _candidate("1", champion), policy)
+    assert decision.promote and "no PSNR in this task's evaluation, so no guard" in decision.reason
 
 
 def test_higher_is_better_primary():
-    policy = PromoteParams(primary_metric="psnr", primary_direction="higher", guard_metric="ssim", guard_tolerance=0)
-    champion = Candidate("1", {"psnr": 27.0, "ssim": 0.80}, PROTOCOL)
-    assert decide(Candidate("2", {"psnr": 27.5, "ssim": 0.80}, PROTOCOL), champion, policy).promote
-    assert not decide(Candidate("3", {"psnr": 26.0, "ssim": 0.90}, PROTOCOL), champion, policy).promote
-    assert not decide(Candidate("4", {"psnr": 27.5, "ssim": 0.79}, PROTOCOL), champion, policy).promote
+    policy = Policy(PromoteParams(primary_metric="psnr", guard_metric="ssim", guard_tolerance=0.01), "bicubic", 400)
+    champion = _candidate("1", synthetic_evidence(noise=0.5, psnr=30.0))
+    assert decide(_candidate("2", synthetic_evidence(noise=0.5, psnr=30.5, seed=2)), champion, policy).promote
+    refused = decide(_candidate("3", synthetic_evidence(noise=0.5, psnr=29.5, seed=3)), champion, policy)
+    assert not refused.promote and "PSNR 29.50 vs 30.00, difference -0.50" in refused.reason
 
 
 def test_promote_params_reject_contradictions():
-    with pytest.raises(ParamsError, match=r"promote.*fid is better when lower, not higher"):
-        load_params(None, {"promote.primary_direction": "higher"})
+    with pytest.raises(ParamsError, match=r"promote.primary_metric.*'lpips' cannot be the primary metric"):
+        load_params(None, {"promote.primary_metric": "lpips"})
+    with pytest.raises(ParamsError, match=r"'fid' cannot be the guard metric; choose one of psnr, ssim"):
+        load_params(None, {"promote.guard_metric": "fid"})
     with pytest.raises(ParamsError, match="both 'psnr'"):
-        load_params(None, {"promote.primary_metric": "psnr", "promote.primary_direction": "higher"})
+        load_params(None, {"promote.primary_metric": "psnr"})
     with pytest.raises(ParamsError, match="guard_tolerance"):
         load_params(None, {"promote.guard_tolerance": -1})
+    assert load_params(None).promote.for_task("sr").primary_metric == "fid"
+    assert load_params(None, {"promote.primary_metric": "ssim"}).promote.for_task("sr").primary_metric == "ssim"
+    with pytest.raises(ParamsError, match="primary_direction"):
+        load_params(None, {"promote.primary_direction": "higher"})  # directions come from the metric table
 
 
 def test_registered_model_name_per_task_and_configuration():

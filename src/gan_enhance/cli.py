@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ import yaml
 from gan_enhance.config import load_params, parse_overrides
 from gan_enhance.device import disable_telemetry
 from gan_enhance.errors import GanEnhanceError
+from gan_enhance.metric_facts import present, samples_note
 
 app = typer.Typer(
     help="Train, evaluate and apply GAN image-enhancement generators. Stages read params.yaml; "
@@ -112,11 +114,13 @@ def evaluate(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
     p = _params(params_file, set_)
     result = run_evaluate(p)
     methods = [k for k in result if k not in ("gain", "protocol")]
-    formats = {"psnr": ".2f", "ssim": ".4f", "psnr_hole": ".2f", "ssim_hole": ".4f", "fid": ".2f", "kid": ".4f"}
-    columns = [c for c in formats if c in result[methods[0]]]  # translate/generate have no PSNR/SSIM
-    typer.echo(f"{'method':<14}" + "".join(f"{c.upper():>11}" for c in columns))
-    for m in methods:
-        typer.echo(f"{m:<14}" + "".join(f"{result[m][c]:>11{formats[c]}}" for c in columns))
+    shown = present(result[methods[0]])  # translate/generate have no PSNR/SSIM
+    table = [["method", *(m.label for m in shown)]]
+    table += [[method, *(m.show_interval(result[method]) for m in shown)] for method in methods]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        typer.echo("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    typer.echo(samples_note(result[methods[0]], shown, result["protocol"]["confidence"]))
     typer.echo(f"written to {p.evaluate.out_dir}")
 
 
@@ -178,13 +182,16 @@ def models(
     if not rows:
         typer.echo(f"no registered models at {client.tracking_uri}; `dvc repro` (or `gan-enhance register`) adds one")
         return
-    metrics = {"psnr": ".2f", "ssim": ".4f", "fid": ".1f", "kid": ".4f"}
+    shown = present(dict.fromkeys(key for row in rows for key in row.metrics))
+    columns = {m.name: max(9, len(m.label) + 2) for m in shown}
     width = max(len("MODEL"), *(len(r.model) for r in rows))
-    header = f"{'MODEL':<{width}}  {'VERSION':>7}  {'ALIASES':<20}" + "".join(f"{m.upper():>9}" for m in metrics)
+    header = f"{'MODEL':<{width}}  {'VERSION':>7}  {'ALIASES':<20}" + "".join(
+        f"{m.label:>{columns[m.name]}}" for m in shown
+    )
     typer.echo(f"{header}  {'DECISION':<9}  CREATED (UTC)")
     for row in rows:
         numbers = "".join(
-            f"{row.metrics[m]:>9{fmt}}" if m in row.metrics else f"{'-':>9}" for m, fmt in metrics.items()
+            f"{m.show(row.metrics[m.name]) if m.name in row.metrics else '-':>{columns[m.name]}}" for m in shown
         )
         aliases = ", ".join(row.aliases) or "-"
         typer.echo(
@@ -330,7 +337,6 @@ def sample(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Generation models: n seeded samples as PNGs (sample_000.png, ...) and grid.png."""
-    import math
 
     from PIL import Image
 

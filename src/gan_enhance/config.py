@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gan_enhance.errors import GanEnhanceError
 from gan_enhance.kinds import KINDS, KindName
+from gan_enhance.metric_facts import METRICS
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
@@ -212,16 +213,15 @@ class EvaluateParams(_Section):
     out_dir: Path = Path("reports/eval")
     tile: int = Field(256, ge=0, description="Tile side for large inputs (input pixels); 0 disables tiling.")
     tile_overlap: int = Field(16, ge=0)
-    fid_crops: int = Field(64, ge=2, description="Number of seeded crops used for FID/KID.")
+    fid_crops: int = Field(192, ge=2, description="Number of seeded crops used for FID/KID.")
     fid_crop_size: int = Field(96, ge=16, description="Side of those crops in target pixels.")
-    kid_subset_size: int = Field(32, ge=2)
-    seed: int = 1234
+    seed: int = Field(1234, description="Seeds the crops, the evaluation noise and masks, and the bootstrap.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the reported intervals.")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of the crops for FID/KID intervals.")
     grid_images: int = Field(4, ge=1, description="Test images shown in the comparison grid.")
 
     @model_validator(mode="after")
-    def _kid_subset_fits(self) -> EvaluateParams:
-        if self.kid_subset_size > self.fid_crops:
-            raise ValueError(f"kid_subset_size ({self.kid_subset_size}) exceeds fid_crops ({self.fid_crops})")
+    def _tiles_fit(self) -> EvaluateParams:
         if self.tile and self.tile_overlap * 2 >= self.tile:
             raise ValueError(f"tile_overlap ({self.tile_overlap}) must be < tile / 2 ({self.tile})")
         return self
@@ -249,29 +249,54 @@ class RegistryParams(_Section):
         return value
 
 
-Direction = Literal["lower", "higher"]
-KNOWN_DIRECTIONS: dict[str, Direction] = {"fid": "lower", "kid": "lower", "psnr": "higher", "ssim": "higher"}
+# promote.primary_metric 'auto': the metric that told models apart best at the default protocol, measured per
+# task (benchmarks/promotion.py; docs/benchmarks.md "Promotion on evidence")
+AUTO_PRIMARY_METRIC: dict[str, str] = {
+    "sr": "fid",
+    "denoise": "kid",
+    "inpaint": "kid",
+    "translate": "kid",
+    "generate": "kid",
+}
 
 
 class PromoteParams(_Section):
-    """When `gan-enhance promote` lets the challenger replace the champion."""
+    """When `gan-enhance promote` lets the challenger replace the champion: a paired test on the same test images
+    and crops (the evidence registered with each version), at `confidence`."""
 
-    primary_metric: str = Field("fid", description="The challenger must beat the champion on this metric.")
-    primary_direction: Direction = "lower"
-    guard_metric: str = Field("psnr", description="...while losing at most guard_tolerance on this one.")
-    guard_direction: Direction = "higher"
+    primary_metric: str = Field(
+        "auto", description="The challenger must beat the champion on this metric, with significance; auto: per task."
+    )
+    guard_metric: str = Field(
+        "psnr", description="...while the interval of its loss on this one stays within guard_tolerance."
+    )
     guard_tolerance: float = Field(0.1, ge=0, description="In the guard metric's units (PSNR: dB).")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the paired tests' two-sided intervals.")
+    require_baseline_win: bool = Field(
+        True, description="Never make champion a version that does not beat its task's classical baseline."
+    )
+
+    @field_validator("primary_metric", "guard_metric")
+    def _known_metric(cls, value: str, info: Any) -> str:
+        role = info.field_name.removesuffix("_metric")
+        if role == "primary" and value == "auto":
+            return value
+        candidates = [m.name for m in METRICS.values() if getattr(m, role)]
+        if value not in candidates:
+            raise ValueError(f"'{value}' cannot be the {role} metric; choose one of {', '.join(candidates)}")
+        return value
 
     @model_validator(mode="after")
-    def _directions_fit_metrics(self) -> PromoteParams:
+    def _two_metrics(self) -> PromoteParams:
         if self.primary_metric == self.guard_metric:
             raise ValueError(f"primary_metric and guard_metric are both '{self.primary_metric}'; pick two metrics")
-        for role in ("primary", "guard"):
-            metric, direction = getattr(self, f"{role}_metric"), getattr(self, f"{role}_direction")
-            known = KNOWN_DIRECTIONS.get(metric)
-            if known and direction != known:
-                raise ValueError(f"{role}_direction: {metric} is better when {known}, not {direction}")
         return self
+
+    def for_task(self, task_name: str) -> PromoteParams:
+        """These rules with primary_metric 'auto' resolved for the task."""
+        if self.primary_metric != "auto":
+            return self
+        return self.model_copy(update={"primary_metric": AUTO_PRIMARY_METRIC[task_name]})
 
 
 class Params(_Section):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -58,6 +58,8 @@ class Task:
     scale: int = 1
     metric_space: MetricSpace = "rgb"  # "y": BT.601 luma as SR papers report; "rgb": all channels
     crop_border: int = 0
+    # the method of the evaluation whose primary metric a model must beat before it may become champion
+    classical_baseline: ClassVar[str]
 
     @property
     def kind(self) -> KindName:
@@ -128,6 +130,7 @@ class Task:
 class SuperResolution(Task):
     options: SRParams
     metric_space: MetricSpace = "y"
+    classical_baseline: ClassVar[str] = "bicubic"
 
     @property
     def variant(self) -> str:
@@ -143,6 +146,7 @@ class SuperResolution(Task):
 @dataclass(frozen=True)
 class Denoise(Task):
     options: DenoiseParams
+    classical_baseline: ClassVar[str] = "nl_means"
 
     def _sigma(self, rng: np.random.Generator, training: bool) -> float:
         if not training:
@@ -172,6 +176,7 @@ class Inpaint(Task):
     """Fill holes: the input is the image with holes plus the mask channel (1 = hole)."""
 
     options: InpaintParams
+    classical_baseline: ClassVar[str] = "biharmonic"
 
     def _mask(self, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return random_mask(target.shape[0], target.shape[1], rng, tuple(self.options.hole_ratio))
@@ -225,6 +230,7 @@ class Translate(Task):
     """Unpaired translation from domain A (data.source) to domain B (source_b), or back (direction b2a)."""
 
     options: TranslateParams
+    classical_baseline: ClassVar[str] = "identity"
 
     @property
     def variant(self) -> str:
@@ -249,6 +255,7 @@ class Generate(Task):
     """Unconditional generation: latent noise in, an image_size x image_size image out."""
 
     options: GenerateParams
+    classical_baseline: ClassVar[str] = "noise"  # uniform noise images (evaluation/generation.py)
 
     @property
     def image_size(self) -> int:

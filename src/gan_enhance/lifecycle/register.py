@@ -29,6 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import gan_enhance
 from gan_enhance.config import Params
+from gan_enhance.evaluation.evidence import EVIDENCE_FILE
 from gan_enhance.evaluation.report import METRICS_FILE
 from gan_enhance.lifecycle import pyfunc_model
 from gan_enhance.lifecycle.errors import RegistryError
@@ -41,6 +42,7 @@ from gan_enhance.lifecycle.registry import (
     client_for,
     registered_model_name,
 )
+from gan_enhance.metric_facts import present
 from gan_enhance.models.artifact import CARD_FILE, WEIGHTS_FILE, ArtifactError, ModelCard, load_card
 from gan_enhance.tasks import build_task
 from gan_enhance.tracking import ExperimentError, ensure_experiment, experiment_name, flatten, lineage_tags
@@ -48,7 +50,6 @@ from gan_enhance.tracking import ExperimentError, ensure_experiment, experiment_
 KEY_TAG = "registration_key"
 DVC_LOCK = Path("dvc.lock")
 MODEL_CODE = Path(pyfunc_model.__file__).with_name("model_code.py")
-DESCRIBED = (("fid", "FID {:.2f}"), ("psnr", "PSNR {:.2f} dB"), ("ssim", "SSIM {:.4f}"))  # those a task measures
 RUNTIME_PACKAGES = ("torch", "numpy", "safetensors", "pillow")
 
 
@@ -66,7 +67,7 @@ class Registration:
 
 
 @dataclass(frozen=True)
-class Evidence:
+class Submission:
     """The evaluated model and everything its version will carry."""
 
     model_dir: Path
@@ -98,7 +99,7 @@ def dvc_data_hash(lock_file: Path, prepared_dir: Path) -> str | None:
     return None
 
 
-def gather_evidence(params: Params, base: Path = Path(".")) -> Evidence:
+def gather_submission(params: Params, base: Path = Path(".")) -> Submission:
     """Read the model folder and its evaluation; refuse when they do not belong together or to these params."""
     model_dir = base / params.train.out_dir
     card = load_card(model_dir)
@@ -122,7 +123,12 @@ def gather_evidence(params: Params, base: Path = Path(".")) -> Evidence:
         )
     if "protocol" not in metrics:
         raise RegistryError(f"{metrics_file} has no 'protocol' block; re-run `gan-enhance evaluate`")
-    return Evidence(
+    if not (metrics_file.parent / EVIDENCE_FILE).is_file():
+        raise RegistryError(
+            f"no {EVIDENCE_FILE} beside {metrics_file} (the per-image values and crop features promotion tests "
+            "with); re-run `gan-enhance evaluate` (or `dvc repro`)"
+        )
+    return Submission(
         model_dir,
         metrics_file,
         card,
@@ -132,19 +138,19 @@ def gather_evidence(params: Params, base: Path = Path(".")) -> Evidence:
     )
 
 
-def version_tags(evidence: Evidence, base: Path = Path(".")) -> dict[str, str]:
+def version_tags(submission: Submission, base: Path = Path(".")) -> dict[str, str]:
     """Metrics, protocol and lineage as model version tags (the promotion policy reads metric.* and protocol)."""
-    card, metrics = evidence.card, evidence.metrics
+    card, metrics = submission.card, submission.metrics
     lineage = lineage_tags(base)
     tags: dict[str, Any] = {
-        KEY_TAG: evidence.key,
+        KEY_TAG: submission.key,
         "task": card.task,
         "scale": card.scale,
         "arch": card.arch,
         "steps": card.steps,
         "training_run_id": card.mlflow_run_id,
         "data_hash": card.data_hash,
-        "data_dvc_hash": evidence.data_dvc_hash,
+        "data_dvc_hash": submission.data_dvc_hash,
         "git_commit": card.git_commit or lineage.get("git_commit"),
         "dvc_exp_name": lineage.get("dvc_exp_name"),
         "params_fingerprint": card.params_fingerprint,
@@ -157,12 +163,12 @@ def version_tags(evidence: Evidence, base: Path = Path(".")) -> dict[str, str]:
     return {key: str(value) for key, value in tags.items() if value is not None}
 
 
-def describe(evidence: Evidence) -> str:
-    card, model = evidence.card, evidence.metrics["model"]
-    shown = ", ".join(template.format(model[key]) for key, template in DESCRIBED if key in model)
+def describe(submission: Submission) -> str:
+    card, model = submission.card, submission.metrics["model"]
+    shown = ", ".join(f"{m.label} {m.show(model[m.name])}{m.unit}" for m in present(model))
     return (
         f"{card.task} x{card.scale} {card.arch}, {card.steps} steps: {shown}. Trained at commit "
-        f"{card.git_commit or 'unknown'}, data {evidence.data_dvc_hash or card.data_hash}, run {card.mlflow_run_id}."
+        f"{card.git_commit or 'unknown'}, data {submission.data_dvc_hash or card.data_hash}, run {card.mlflow_run_id}."
     )
 
 
@@ -185,15 +191,16 @@ def _run_home(client: MlflowClient, params: Params, training_run_id: str | None)
         raise RegistryError(str(exc)) from exc
 
 
-def _stage_files(evidence: Evidence, params: Params, base: Path, folder: Path) -> dict[str, Path]:
+def _stage_files(submission: Submission, params: Params, base: Path, folder: Path) -> dict[str, Path]:
     """Copy the generator, the lineage files and the package's code into `folder`, laid out for the version."""
     generator = folder / pyfunc_model.GENERATOR_ARTIFACT
     generator.mkdir()
     for name in (WEIGHTS_FILE, CARD_FILE):
-        shutil.copy2(evidence.model_dir / name, generator / name)
+        shutil.copy2(submission.model_dir / name, generator / name)
     lineage = folder / pyfunc_model.LINEAGE_ARTIFACT
     lineage.mkdir()
-    shutil.copy2(evidence.metrics_file, lineage / METRICS_FILE)
+    shutil.copy2(submission.metrics_file, lineage / METRICS_FILE)
+    shutil.copy2(submission.metrics_file.parent / EVIDENCE_FILE, lineage / EVIDENCE_FILE)
     (lineage / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     if (base / DVC_LOCK).is_file():
         shutil.copy2(base / DVC_LOCK, lineage / DVC_LOCK.name)
@@ -202,9 +209,9 @@ def _stage_files(evidence: Evidence, params: Params, base: Path, folder: Path) -
     return {"generator": generator, "lineage": lineage, "code": code}
 
 
-def _log_model(client: MlflowClient, evidence: Evidence, params: Params, base: Path) -> ModelInfo:
-    experiment_id, parent = _run_home(client, params, evidence.card.mlflow_run_id)
-    tags = {**lineage_tags(base), "stage": "register", "training_run_id": evidence.card.mlflow_run_id or ""}
+def _log_model(client: MlflowClient, submission: Submission, params: Params, base: Path) -> ModelInfo:
+    experiment_id, parent = _run_home(client, params, submission.card.mlflow_run_id)
+    tags = {**lineage_tags(base), "stage": "register", "training_run_id": submission.card.mlflow_run_id or ""}
     if parent:
         tags[MLFLOW_PARENT_RUN_ID] = parent
     mlflow.set_tracking_uri(client.tracking_uri)
@@ -212,9 +219,10 @@ def _log_model(client: MlflowClient, evidence: Evidence, params: Params, base: P
         tempfile.TemporaryDirectory(prefix="gan-enhance-register-") as tmp,
         mlflow.start_run(experiment_id=experiment_id, run_name="register", tags=tags),
     ):
-        staged = _stage_files(evidence, params, base, Path(tmp))
+        staged = _stage_files(submission, params, base, Path(tmp))
         mlflow.log_params(flatten(params.model_dump(mode="json")))
-        mlflow.log_metrics({k: float(v) for k, v in evidence.metrics["model"].items() if isinstance(v, int | float)})
+        model_metrics = submission.metrics["model"].items()
+        mlflow.log_metrics({k: float(v) for k, v in model_metrics if isinstance(v, int | float)})
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
@@ -223,8 +231,8 @@ def _log_model(client: MlflowClient, evidence: Evidence, params: Params, base: P
                 pyfunc_model.LINEAGE_ARTIFACT: str(staged["lineage"]),
             },
             code_paths=[str(staged["code"])],
-            signature=pyfunc_model.signature(evidence.card.inputs),
-            input_example=pyfunc_model.input_example(evidence.card.inputs),
+            signature=pyfunc_model.signature(submission.card.inputs),
+            input_example=pyfunc_model.input_example(submission.card.inputs),
             model_config={
                 **pyfunc_model.DEFAULT_CONFIG,
                 "tile": params.evaluate.tile,
@@ -239,7 +247,9 @@ def _requirements() -> list[str]:
     return [f"{name}=={package_version(name).split('+')[0]}" for name in RUNTIME_PACKAGES]
 
 
-def _create_version(client: MlflowClient, name: str, info: ModelInfo, evidence: Evidence, base: Path) -> ModelVersion:
+def _create_version(
+    client: MlflowClient, name: str, info: ModelInfo, submission: Submission, base: Path
+) -> ModelVersion:
     try:
         client.create_registered_model(
             name, description=f"gan-enhance generators; consumers load models:/{name}@{CHAMPION}"
@@ -251,8 +261,8 @@ def _create_version(client: MlflowClient, name: str, info: ModelInfo, evidence: 
         name,
         source=info.model_uri,
         run_id=info.run_id,
-        tags=version_tags(evidence, base),
-        description=describe(evidence),
+        tags=version_tags(submission, base),
+        description=describe(submission),
         model_id=info.model_id,
     )
 
@@ -292,18 +302,18 @@ def register(params: Params, base: Path = Path(".")) -> Registration:
         reason = "tracking.enabled is false, so there is no MLflow registry to register in"
         write_record(record_path, {"model_name": name, "version": None, "reason": reason})
         return Registration("skipped", name, reason=reason)
-    evidence = gather_evidence(params, base)
+    submission = gather_submission(params, base)
     client = client_for(params.tracking.uri, base)
 
     status: Literal["registered", "unchanged"] = "unchanged"
-    existing = _same_model(client, name, evidence.key)
+    existing = _same_model(client, name, submission.key)
     if existing:
         version = client.get_model_version(name, existing[0].version)
     else:
-        info = _log_model(client, evidence, params, base)
-        version = _create_version(client, name, info, evidence, base)
+        info = _log_model(client, submission, params, base)
+        version = _create_version(client, name, info, submission, base)
         status = "registered"
-        first = _same_model(client, name, evidence.key)[0]
+        first = _same_model(client, name, submission.key)[0]
         if str(first.version) != str(version.version):  # a concurrent registration of the same model got there first
             client.delete_model_version(name, version.version)
             version, status = client.get_model_version(name, first.version), "unchanged"
@@ -316,7 +326,7 @@ def register(params: Params, base: Path = Path(".")) -> Registration:
             "version": str(version.version),
             "model_uri": f"models:/{name}/{version.version}",
             "run_id": version.run_id,
-            KEY_TAG: evidence.key,
+            KEY_TAG: submission.key,
             "tracking_uri": client.tracking_uri,
         },
     )

@@ -19,12 +19,13 @@ from mlflow.exceptions import MlflowException
 
 from gan_enhance.config import Params, TrackingParams
 from gan_enhance.lifecycle.errors import RegistryError
-from gan_enhance.lifecycle.pyfunc_model import GENERATOR_ARTIFACT
+from gan_enhance.lifecycle.pyfunc_model import GENERATOR_ARTIFACT, LINEAGE_ARTIFACT
 from gan_enhance.models.artifact import ArtifactError, load_generator
 from gan_enhance.tasks import build_task
 from gan_enhance.tracking import tracking_uri
 
 if TYPE_CHECKING:
+    from gan_enhance.evaluation.evidence import Evidence
     from gan_enhance.inference import Enhancer
 
 CHAMPION = "champion"
@@ -147,6 +148,24 @@ def fetch_generator(client: MlflowClient, name: str, version: str) -> Iterator[P
             yield Path(path)
         except ArtifactError as exc:
             raise RegistryError(f"version {version} of '{name}' has broken or missing artifacts: {exc}") from exc
+
+
+def fetch_evidence(client: MlflowClient, name: str, version: str) -> Evidence | None:
+    """A version's evaluation evidence (lineage/evidence.npz: per-image values and crop features), None when the
+    version carries none (registered before evaluations wrote it)."""
+    from gan_enhance.evaluation.evidence import EVIDENCE_FILE, Evidence
+
+    location = client.get_model_version_download_uri(name, version).rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="gan-enhance-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location}/artifacts/{LINEAGE_ARTIFACT}/{EVIDENCE_FILE}",
+                dst_path=tmp,
+                tracking_uri=client.tracking_uri,
+            )
+        except Exception:
+            return None  # no such artifact: an older version
+        return Evidence.load(Path(path))
 
 
 def check_artifacts(client: MlflowClient, name: str, version: str) -> None:
