@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -136,6 +137,7 @@ def test_first_retrain_registers_and_promotes(repo: Path, first_run):
     report = _artifact("retrain-gan-enhance-sr-x2", first_run)
     assert "promoted" in report and "challenger v1" in report and "champion (none)" in report
     assert "| fid ↓ |" in report and "| psnr ↑ |" in report
+    assert "intervals over" in report and re.search(r"\| psnr ↑ \| [\d.]+ \[[\d.]+, [\d.]+\] \|", report)
     # every task ran once
     assert all(counts == [1] for counts in _task_runs(first_run).values())
 
@@ -154,7 +156,7 @@ def test_second_retrain_with_nothing_changed_skips(repo: Path, first_run):
     psnr = float(_registry(repo).get_model_version(MODEL, "1").tags["metric.psnr"])
     assert summary["champion"]["version"] == "1" and summary["champion"]["metrics"]["psnr"] == pytest.approx(psnr)
     report = _artifact("retrain-gan-enhance-sr-x2", state)
-    assert f"**Champion now**: version 1 (psnr {psnr:.4g}, ssim " in report
+    assert f"**Champion now**: version 1 (psnr {psnr:.2f} [" in report
 
 
 def test_worse_setting_registers_but_does_not_promote(repo: Path, first_run):
