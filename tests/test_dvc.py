@@ -65,6 +65,7 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(dvc_repo: Path):
     assert "psnr" in shown
     table = _run([dvc, "metrics", "show"], dvc_repo).splitlines()
     assert "reports/eval/scores.json" in table[1] and max(len(line) for line in table) < 300, table
+    assert {"kid.model", "kid.low", "kid.high", "kid.bicubic"} <= set(table[0].split()), table[0]
     assert "protocol" not in "".join(table) and "mlflow_run_id" not in "".join(table)
     plots = json.loads(_run([dvc, "plots", "show", "--json"], dvc_repo))
     # each plot once: the top-level definitions, not the files again as stage plots

@@ -70,7 +70,7 @@ def test_readme_journeys_on_a_fresh_copy(tmp_path: Path, tiny_source: Path):
     assert "train sr: step 12/12 (100.0%)" in repro.stdout + repro.stderr
     metrics = run("dvc", "metrics", "show").stdout.splitlines()
     assert metrics[1].startswith("reports/eval/scores.json") and max(map(len, metrics)) < 300
-    assert "model.psnr" in metrics[0] and "protocol" not in metrics[0]
+    assert "psnr.model" in metrics[0] and "psnr.low" in metrics[0] and "protocol" not in metrics[0]
 
     # the registry: the new version waits as challenger; promotion makes it champion and clears challenger
     listing = run("gan-enhance", "models").stdout.splitlines()

