@@ -267,9 +267,7 @@ class PromoteParams(_Section):
     primary_metric: str = Field(
         "auto", description="The challenger must beat the champion on this metric, with significance; auto: per task."
     )
-    guard_metric: str = Field(
-        "psnr", description="...while the interval of its loss on this one stays within guard_tolerance."
-    )
+    guard_metric: str = Field("psnr", description="...while losing at most guard_tolerance on this one.")
     guard_tolerance: float = Field(0.1, ge=0, description="In the guard metric's units (PSNR: dB).")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the paired tests' two-sided intervals.")
     require_baseline_win: bool = Field(

@@ -60,11 +60,6 @@ class Difference:
         lower = METRICS[self.metric].direction == "lower"
         return self.interval.high < 0 if lower else self.interval.low > 0
 
-    def worst_loss(self) -> float:
-        """The largest loss of a against b the interval admits (in the metric's units; <= 0 means none)."""
-        lower = METRICS[self.metric].direction == "lower"
-        return self.interval.high if lower else -self.interval.low
-
     def text(self) -> str:
         m = METRICS[self.metric]
         fmt = m.fmt
