@@ -10,7 +10,8 @@ the largest crop count of COUNTS, whose smaller counts are prefixes of the same 
 order), so one Inception pass per (model, seed) serves every count; the others at params.yaml's evaluate.fid_crops.
 Features are cached in benchmarks/results/work/promotion/evidence/.
 
-  .venv/bin/python -m benchmarks.promotion            # everything (about 50 min on 2 cores; cached parts skip)
+  .venv/bin/python -m benchmarks.promotion                 # everything (features ~60 min, tables ~18 min on 2 cores)
+  .venv/bin/python -m benchmarks.promotion --parts gate    # recompute one table from the cached features
   .venv/bin/python -m benchmarks.promotion --help
 """
 
@@ -289,7 +290,7 @@ def gate_rows(count: int, rules: PromoteParams, resamples: int) -> list[dict[str
     rows = []
     for label in MODELS:
         task = build_task(model_params(label).task)
-        primary = rules.for_task(task.name).primary_metric
+        primary = rules.primary_metric
         passed = []
         for seed in SEEDS:
             measured = Measured.of(truncated(seed_evidence(label, seed), count))
@@ -309,7 +310,7 @@ def render(report: dict[str, Any]) -> str:
         f"### FID and KID over {len(SEEDS)} crop seeds (the same model; interval: {report['confidence']:.0%})",
         "",
         "| model | crops | metric | mean over seeds | std over seeds | mean interval width | "
-        "gain vs baseline: mean | std | interval width | significant |",
+        "model - baseline: mean | std | interval width | significant |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["stability"]:
@@ -335,6 +336,19 @@ def render(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        f"### Crop layouts at {report['count']} crops (the default model, {len(SEEDS)} seeds)",
+        "",
+        "| layout | metric | mean | std over seeds | model - bicubic: mean | std | interval width |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["layouts"]:
+        fmt = METRICS[r["metric"]].fmt
+        lines.append(
+            f"| {r['layout']} | {METRICS[r['metric']].label} | {r['mean']:{fmt}} | {r['std_over_seeds']:{fmt}} | "
+            f"{r['diff_mean']:+{fmt}} | {r['diff_std_over_seeds']:{fmt}} | {r['diff_mean_interval_width']:{fmt}} |"
+        )
+    lines += [
+        "",
         "### Baseline gate",
         "",
         "| model | baseline | primary metric | beats it (seeds) |",
@@ -347,10 +361,21 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PARTS = ("stability", "rules", "gate", "layouts")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models to evaluate")
     parser.add_argument("--features-only", action="store_true", help="compute and cache the evidence, no tables")
+    parser.add_argument(
+        "--parts",
+        nargs="*",
+        default=list(PARTS),
+        choices=PARTS,
+        help="tables to (re)compute; the others are kept "
+        "from benchmarks/results/promotion.json (none: render it again; the stability table alone takes ~15 min)",
+    )
     args = parser.parse_args(argv)
     info = machine()
     for label in args.models:
@@ -362,25 +387,31 @@ def main(argv: list[str] | None = None) -> None:
         return
     params = load_params(REPO / "params.yaml")
     rules, ev = params.promote, params.evaluate
-    report = {
-        "count": ev.fid_crops,
-        "confidence": ev.confidence,
-        "resamples": ev.bootstrap,
-        "stability": [
+    parts = {
+        "stability": lambda: [
             row
             for label in ("sr", "denoise")
             for row in stability(label, COUNTS if label == "sr" else (ev.fid_crops,), ev.confidence, ev.bootstrap)
         ],
-        "rules": rule_rates(ev.fid_crops, rules.for_task("sr"), ev.bootstrap),
-        "gate": gate_rows(ev.fid_crops, rules, ev.bootstrap),
-        "layouts": layout_rows(ev.fid_crops, ev.confidence, ev.bootstrap),
+        "rules": lambda: rule_rates(ev.fid_crops, rules, ev.bootstrap),
+        "gate": lambda: gate_rows(ev.fid_crops, rules, ev.bootstrap),
+        "layouts": lambda: layout_rows(ev.fid_crops, ev.confidence, ev.bootstrap),
     }
-    info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
-    report["machine"] = info
+    saved = RESULTS / "promotion.json"
+    report = json.loads(saved.read_text()) if saved.is_file() else {}
+    report.update({"count": ev.fid_crops, "confidence": ev.confidence, "resamples": ev.bootstrap})
+    for part in args.parts:
+        report[part] = parts[part]()
+    missing = [part for part in PARTS if part not in report]
+    if missing:
+        raise SystemExit(f"no saved {', '.join(missing)} in {saved}; run with --parts {' '.join(missing)}")
+    if args.parts:  # the machine the tables were computed on
+        info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+        report["machine"] = info
     markdown = render(report)
     print(markdown)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "promotion.json").write_text(json.dumps(report, indent=2) + "\n")
+    saved.write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / "promotion.md").write_text("# Promotion on evidence\n\n" + markdown)
 
 

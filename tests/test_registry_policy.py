@@ -16,7 +16,7 @@ from gan_enhance.lifecycle.registry import registered_model_name
 from tests.evidence_support import synthetic_evidence
 
 PROTOCOL = {"test_set_hash": "abc", "fid_crops": 64, "torchmetrics": "1.9.0", "metric_space": "y", "seed": 1}
-POLICY = Policy(PromoteParams(primary_metric="kid"), "bicubic", 400)  # PSNR may drop by <= 0.1 dB; beat bicubic
+POLICY = Policy(PromoteParams(), "bicubic", 400)  # KID decides, PSNR may drop by <= 0.1 dB; beat bicubic
 
 
 def _candidate(version: str, evidence: Evidence | None, protocol: dict | None = PROTOCOL) -> Candidate:
@@ -32,7 +32,7 @@ def test_first_model_becomes_champion_only_when_it_beats_its_baseline():
     assert "registered, but not made champion" in losing.reason
     tied = decide(_candidate("1", synthetic_evidence(noise=1.0, psnr=30.0, seed=998)), None, POLICY)
     assert not tied.promote and "does not beat its classical baseline" in tied.reason
-    ungated = Policy(PromoteParams(primary_metric="kid", require_baseline_win=False), "bicubic", 400)
+    ungated = Policy(PromoteParams(require_baseline_win=False), "bicubic", 400)
     assert decide(_candidate("1", synthetic_evidence(noise=1.2, psnr=30.0)), None, ungated).promote
 
 
@@ -116,7 +116,7 @@ def test_tasks_without_the_guard_metric_are_judged_on_the_primary_alone():
     translation.per_image = {}
     champion = synthetic_evidence(noise=0.6, psnr=30.0, baseline="identity")
     champion.per_image = {}
-    policy = Policy(PromoteParams(primary_metric="kid"), "identity", 400)
+    policy = Policy(PromoteParams(), "identity", 400)
     decision = decide(_candidate("2", translation), _candidate("1", champion), policy)
     assert decision.promote and "no PSNR in this task's evaluation, so no guard" in decision.reason
 
@@ -138,8 +138,6 @@ def test_promote_params_reject_contradictions():
         load_params(None, {"promote.primary_metric": "psnr"})
     with pytest.raises(ParamsError, match="guard_tolerance"):
         load_params(None, {"promote.guard_tolerance": -1})
-    assert load_params(None).promote.for_task("sr").primary_metric == "fid"
-    assert load_params(None, {"promote.primary_metric": "ssim"}).promote.for_task("sr").primary_metric == "ssim"
     with pytest.raises(ParamsError, match="primary_direction"):
         load_params(None, {"promote.primary_direction": "higher"})  # directions come from the metric table
 

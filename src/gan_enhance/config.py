@@ -249,23 +249,12 @@ class RegistryParams(_Section):
         return value
 
 
-# promote.primary_metric 'auto': the metric that told models apart best at the default protocol, measured per
-# task (benchmarks/promotion.py; docs/benchmarks.md "Promotion on evidence")
-AUTO_PRIMARY_METRIC: dict[str, str] = {
-    "sr": "fid",
-    "denoise": "kid",
-    "inpaint": "kid",
-    "translate": "kid",
-    "generate": "kid",
-}
-
-
 class PromoteParams(_Section):
     """When `gan-enhance promote` lets the challenger replace the champion: a paired test on the same test images
     and crops (the evidence registered with each version), at `confidence`."""
 
     primary_metric: str = Field(
-        "auto", description="The challenger must beat the champion on this metric, with significance; auto: per task."
+        "kid", description="The challenger must beat the champion on this metric, with significance."
     )
     guard_metric: str = Field("psnr", description="...while losing at most guard_tolerance on this one.")
     guard_tolerance: float = Field(0.1, ge=0, description="In the guard metric's units (PSNR: dB).")
@@ -277,8 +266,6 @@ class PromoteParams(_Section):
     @field_validator("primary_metric", "guard_metric")
     def _known_metric(cls, value: str, info: Any) -> str:
         role = info.field_name.removesuffix("_metric")
-        if role == "primary" and value == "auto":
-            return value
         candidates = [m.name for m in METRICS.values() if getattr(m, role)]
         if value not in candidates:
             raise ValueError(f"'{value}' cannot be the {role} metric; choose one of {', '.join(candidates)}")
@@ -289,12 +276,6 @@ class PromoteParams(_Section):
         if self.primary_metric == self.guard_metric:
             raise ValueError(f"primary_metric and guard_metric are both '{self.primary_metric}'; pick two metrics")
         return self
-
-    def for_task(self, task_name: str) -> PromoteParams:
-        """These rules with primary_metric 'auto' resolved for the task."""
-        if self.primary_metric != "auto":
-            return self
-        return self.model_copy(update={"primary_metric": AUTO_PRIMARY_METRIC[task_name]})
 
 
 class Params(_Section):

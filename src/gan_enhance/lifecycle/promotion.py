@@ -184,8 +184,8 @@ def promote(params: Params, version: str | None = None, force: bool = False) -> 
     if ROLLED_BACK_TAG in challenger.tags:
         decision = Decision(False, f"version {ours} was rolled back ({challenger.tags[ROLLED_BACK_TAG]})")
     else:
-        task = build_task(params.task)
-        policy = Policy(params.promote.for_task(task.name), task.classical_baseline, params.evaluate.bootstrap)
+        baseline = build_task(params.task).classical_baseline
+        policy = Policy(params.promote, baseline, params.evaluate.bootstrap)
         theirs = Candidate.of(client, champion) if champion else None
         decision = decide(Candidate.of(client, challenger), theirs, policy)
     verdict = "promoted" if decision.promote else "forced" if force else "refused"
