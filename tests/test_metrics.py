@@ -73,9 +73,27 @@ def test_fid_and_kid_from_gram_matrices_equal_torchmetrics():
         metric.update(fake, real=False)
     stats = CropStatistics(real.numpy(), {"fake": fake.numpy()})
     assert stats.point("fake", "fid") == pytest.approx(float(fid.compute()), rel=1e-6)
-    assert stats.point("fake", "kid") == pytest.approx(float(kid.compute()[0]), rel=1e-9)
+    # KID: torchmetrics' value with the cross term over distinct pairs instead of all pairs (see uncertainty.py)
+    k_rf = ((real @ fake.T) / 2048 + 1) ** 3
+    all_pairs, distinct = k_rf.mean(), (k_rf.sum() - k_rf.diagonal().sum()) / (40 * 39)
+    expected = float(kid.compute()[0]) + 2 * float(all_pairs - distinct)
+    assert stats.point("fake", "kid") == pytest.approx(expected, rel=1e-9)
     unequal = CropStatistics(real.numpy(), {"fake": fake[:30].numpy()})
     fid.reset()
     fid.update(real, real=True)
     fid.update(fake[:30], real=False)
     assert unequal.point("fake", "fid") == pytest.approx(float(fid.compute()), rel=1e-6)
+
+
+def test_kid_of_paired_crops_does_not_depend_on_their_number():
+    # output crop i is reference crop i plus noise (the same place): the all-pairs cross term would make KID grow
+    # with the count; over distinct pairs its mean is the same at 16 and at 128 crops
+    gen = np.random.default_rng(0)
+    small, large = [], []
+    for _ in range(40):
+        real = gen.gamma(2.0, 0.15, (128, 32))
+        fake = real + 0.05 + gen.normal(0, 0.05, real.shape)
+        small.append(CropStatistics(real[:16], {"fake": fake[:16]}).point("fake", "kid"))
+        large.append(CropStatistics(real, {"fake": fake}).point("fake", "kid"))
+    spread = np.std(small, ddof=1) / np.sqrt(len(small))
+    assert abs(np.mean(small) - np.mean(large)) < 3 * spread

@@ -36,7 +36,7 @@ GRID_FILE = "comparison.png"
 # (and noise, masks) from the same test images; the paired tests then pair by image and draw the crops'
 # bootstraps independently
 UNCOMPARED = frozenset({"seed"})
-KID_ESTIMATOR = "unbiased MMD^2 over all crops, cubic polynomial kernel"
+KID_ESTIMATOR = "unbiased MMD^2 over all crops, cubic polynomial kernel, cross term over distinct pairs"
 
 
 @dataclass

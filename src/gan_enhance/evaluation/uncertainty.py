@@ -10,9 +10,12 @@
   and KID upwards by O(1/n); the intervals are therefore the bootstrap deviations around the full-sample value
   (point + quantiles of replicate - mean of replicates). FID and KID are computed for all draws from Gram matrices
   of the features (computed once), so a thousand resamples cost seconds.
-- KID is the unbiased MMD^2 with the cubic polynomial kernel over all crops: torchmetrics' KernelInceptionDistance
-  with one subset of all samples (it averages random subsets only to bound memory; tests/test_metrics.py checks
-  the equality).
+- KID is the unbiased MMD^2 with torchmetrics' cubic polynomial kernel over all crops, with the cross term taken
+  over distinct pairs (i != j). torchmetrics' KernelInceptionDistance averages the cross term over all pairs, which
+  is unbiased for independent sets but not for paired ones: here reference crop i and output crop i are the same
+  place of the same image, so the n matching pairs are far more alike than the rest and pull KID down by O(1/n)
+  (measured on the default run: 0.0252 at 64 crops vs 0.0305 at 256). Over distinct pairs it is unbiased either
+  way; tests/test_metrics.py checks it against torchmetrics' terms.
 """
 
 from __future__ import annotations
@@ -132,12 +135,16 @@ def _fid(rr: torch.Tensor, ff: torch.Tensor, rf: torch.Tensor) -> torch.Tensor:
 
 
 def _kid(rr: torch.Tensor, ff: torch.Tensor, rf: torch.Tensor, dim: int) -> torch.Tensor:
-    """Unbiased MMD^2 with the kernel (x.y / dim + 1)^3, as torchmetrics' KID computes it on one subset."""
+    """Unbiased MMD^2 with the kernel (x.y / dim + 1)^3; the cross term over distinct pairs where the two sets are
+    crops of the same places (equal counts), over all pairs otherwise."""
     k_rr, k_ff, k_rf = ((g / dim + 1) ** 3 for g in (rr, ff, rf))
     m, n = k_rr.shape[-1], k_ff.shape[-1]
     within_r = (k_rr.sum((1, 2)) - torch.diagonal(k_rr, dim1=1, dim2=2).sum(1)) / (m * (m - 1))
     within_f = (k_ff.sum((1, 2)) - torch.diagonal(k_ff, dim1=1, dim2=2).sum(1)) / (n * (n - 1))
-    return within_r + within_f - 2 * k_rf.mean((1, 2))
+    if m != n:
+        return within_r + within_f - 2 * k_rf.mean((1, 2))
+    across = (k_rf.sum((1, 2)) - torch.diagonal(k_rf, dim1=1, dim2=2).sum(1)) / (n * (n - 1))
+    return within_r + within_f - 2 * across
 
 
 def _draws(n: int, resamples: int, rng: np.random.Generator) -> torch.Tensor:
