@@ -123,7 +123,7 @@ def test_model_health_and_docs(url: str, champion: dict):
     assert info["metrics"] == {
         k[len("metric.") :]: float(v) for k, v in version.tags.items() if k.startswith("metric.")
     }
-    assert info["metrics"]["fid"] == 50.0
+    assert info["metrics"]["psnr"] == pytest.approx(30.0) and "kid_low" in info["metrics"]  # with its interval
     assert info["serving"]["tile"] == TILE and info["serving"]["max_pixels"] == MAX_PIXELS
     assert info["run_id"] == version.run_id and "tracking_uri" not in info  # no path on the build machine
 
