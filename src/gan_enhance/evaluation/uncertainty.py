@@ -3,7 +3,8 @@
 - Image metrics (PSNR, SSIM, inside the holes too) are means over test images: a Student-t interval of the mean,
   and for a difference the paired t interval of the per-image differences. With the few test images an evaluation
   has (the default split: 4), the percentile bootstrap over images is far too narrow (at n = 4 it has 4^4 = 256
-  distinct resamples and covers ~75 % where it claims 95 %); the t interval is exact for normal per-image values.
+  distinct resamples and covers 80 % where it claims 95 %, simulated with normal values); the t interval is exact
+  for normal per-image values.
 - Crop metrics (FID, KID) are statistics of the whole crop set: a bootstrap over crops (`resamples` draws of the
   crop indices), the same draw for the reference crops and every method's crops, so a difference between two
   methods on the same crops is paired crop by crop. Resampling with replacement repeats crops, which biases FID
