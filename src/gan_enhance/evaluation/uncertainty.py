@@ -44,9 +44,6 @@ class Interval:
     n: int
     confidence: float
 
-    def text(self, fmt: str) -> str:
-        return f"{self.value:{fmt}} ({self.confidence:.0%} interval {self.low:{fmt}}..{self.high:{fmt}}, n={self.n})"
-
 
 @dataclass(frozen=True)
 class Difference:
