@@ -17,13 +17,15 @@ from typing import Any
 
 from benchmarks.common import REPO
 from gan_enhance.metric_facts import INTERVAL_SUFFIXES, Metric, present
+from gan_enhance.models.artifact import PIXEL_TWIN, twin_dirs
 
 START, END = "<!-- default-run:start -->", "<!-- default-run:end -->"
 
 
-def table(metrics: dict, card: dict, params: int) -> str:
-    """Markdown: the model and each baseline, one row each, every value with its interval, then the model's paired
-    gain over each baseline; the headers name each metric's sample count."""
+def table(metrics: dict, card: dict, params: int, twin_steps: dict[str, int]) -> str:
+    """Markdown: the model and each baseline (its twins: `twin_steps` names them with their steps), one row each,
+    every value with its interval, then the model's paired gain over each baseline; the headers name each metric's
+    sample count."""
     model, protocol = metrics["model"], metrics["protocol"]
     shown = present(model)
     header = f"| method (± {protocol['confidence']:.0%} interval) | " + " | ".join(
@@ -35,6 +37,8 @@ def table(metrics: dict, card: dict, params: int) -> str:
         name = (
             f"model ({card['arch']}, {params / 1e6:.1f}M params, {card['steps']} steps)"
             if method == "model"
+            else f"{method} (the model after its {twin_steps[method]}-step pixel-loss phase)"
+            if method == PIXEL_TWIN and method in twin_steps
             else method
         )
         lines.append(f"| {name} | " + " | ".join(_plus_minus(m, metrics[method]) for m in shown) + " |")
@@ -87,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     card = json.loads((model / "card.json").read_text())
     with safe_open(str(model / "generator.safetensors"), "pt") as weights:
         params = sum(_numel(weights, key) for key in weights.keys())  # noqa: SIM118 (safe_open is not iterable)
-    text = table(metrics, card, params)
+    twin_steps = {
+        name: json.loads((folder / "card.json").read_text())["steps"] for name, folder in twin_dirs(model).items()
+    }
+    text = table(metrics, card, params, twin_steps)
     print(text)
     if args.write:
         readme = REPO / "README.md"

@@ -37,12 +37,13 @@ from gan_enhance.config import Params
 from gan_enhance.data.degradations import add_gaussian_noise
 from gan_enhance.data.prepare import prepare
 from gan_enhance.device import disable_telemetry
-from gan_enhance.evaluation.paired import evaluate_test_set
+from gan_enhance.evaluation.paired import evaluate_test_set, load_twins
 from gan_enhance.evaluation.report import MODEL
 from gan_enhance.evaluation.stage import evaluate_folder
 from gan_enhance.evaluation.testsets import TestImage
 from gan_enhance.inference import Enhancer
 from gan_enhance.metric_facts import metric
+from gan_enhance.models.artifact import PIXEL_TWIN
 from gan_enhance.tasks import build_task
 from gan_enhance.training.stage import train
 
@@ -132,10 +133,13 @@ def gray_noise_set(test_set: list[TestImage], sigma: float, seed: int) -> list[T
     return noisy
 
 
-def evaluate_set(params: Params, enhancer: Enhancer, test_set: list[TestImage], out: Path) -> dict[str, Any]:
-    """The project's evaluation on one test set; metrics.json, per_image.csv and comparison.png into `out`."""
+def evaluate_set(
+    params: Params, enhancer: Enhancer, twins: dict[str, Enhancer], test_set: list[TestImage], out: Path
+) -> dict[str, Any]:
+    """The project's evaluation (the model, its twins, the classical baselines) on one test set; metrics.json,
+    per_image.csv and comparison.png into `out`."""
     started = time.perf_counter()
-    evaluation = evaluate_test_set(params, build_task(params.task), enhancer, test_set, out)
+    evaluation = evaluate_test_set(params, build_task(params.task), enhancer, test_set, out, twins)
     return {"summary": evaluation.result, "per_image": evaluation.rows, "eval_seconds": time.perf_counter() - started}
 
 
@@ -165,16 +169,20 @@ def run_part(part: str, datasets: Path, args: argparse.Namespace) -> dict[str, A
         params.train.out_dir, device=params.train.device, tile=ev.tile, tile_pad=ev.tile_overlap
     )
     training["generator_params"] = sum(p.numel() for p in enhancer.net.parameters())
+    twins = load_twins(params.train.out_dir, enhancer)
     results: dict[str, Any] = {}
     for name, folder in sets.items():
         print(f"[{part}] evaluating on {name}")
         started = time.perf_counter()
-        evaluated = evaluate_folder(params, enhancer, folder, work / f"eval-{name}", str(params.train.out_dir))
+        where = str(params.train.out_dir)
+        evaluated = evaluate_folder(params, enhancer, folder, work / f"eval-{name}", where, twins)
         elapsed = time.perf_counter() - started
         results[name] = {"summary": evaluated.result, "per_image": evaluated.rows, "eval_seconds": elapsed}
         if part == "denoise":
             gray = gray_noise_set(evaluated.test_set, params.task.denoise.eval_sigma, ev.seed)
-            results[f"{name} ({GRAY_PROTOCOL})"] = evaluate_set(params, enhancer, gray, work / f"eval-{name}-gray")
+            results[f"{name} ({GRAY_PROTOCOL})"] = evaluate_set(
+                params, enhancer, twins, gray, work / f"eval-{name}-gray"
+            )
     return {"config": PARTS[part], "training": training, "sets": results}
 
 
@@ -188,6 +196,13 @@ def _pair(metrics: dict[str, float], a: str, b: str) -> str:
     return f"{_show(a, metrics[a])} / {_show(b, metrics[b])}"
 
 
+def _with_twin(measured: list[tuple[str, str]], part: dict[str, Any]) -> list[tuple[str, str]]:
+    """The measured rows plus the model's pixel-loss-only twin, second, where the evaluation scored one."""
+    first = next(iter(part["sets"].values()))["summary"]
+    twin = [(f"**{PIXEL_TWIN}** (the same G after its pixel-loss phase)", PIXEL_TWIN)] if PIXEL_TWIN in first else []
+    return [measured[0], *twin, *measured[1:]]
+
+
 def sr_table(part: dict[str, Any]) -> str:
     sets = list(part["sets"])
     t = part["training"]
@@ -197,7 +212,7 @@ def sr_table(part: dict[str, Any]) -> str:
         (f"**gan-enhance {t['generator']}, EMA G** ({t['steps']} steps, {t['train_seconds'] / 60:.1f} min)", MODEL),
         ("**bicubic** (Pillow, measured here)", "bicubic"),
     ]
-    for label, method in measured:
+    for label, method in _with_twin(measured, part):
         size = f"{t['generator_params'] / 1000:.0f}K" if method == MODEL else "-"
         cells = [
             f"{_pair(part['sets'][s]['summary'][method], 'psnr', 'ssim')} | "
@@ -228,7 +243,7 @@ def denoise_table(part: dict[str, Any]) -> str:
         ("**noisy input** (measured here)", "noisy_input"),
         ("**non-local means** (scikit-image, measured here)", "nl_means"),
     ]
-    for label, method in measured:
+    for label, method in _with_twin(measured, part):
         size = f"{t['generator_params'] / 1000:.0f}K" if method == MODEL else "-"
         cells = [
             f"{_pair(part['sets'][s]['summary'][method], 'psnr', 'ssim')} | "

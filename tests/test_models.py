@@ -9,6 +9,7 @@ from gan_enhance.inference import Enhancer
 from gan_enhance.models.artifact import ArtifactError, ModelCard, load_generator, save_generator
 from gan_enhance.models.registry import build, names
 from gan_enhance.training.ema import EMA
+from gan_enhance.training.losses import gaussian_blur, pixel_loss
 
 
 def _card(arch: str = "srvgg", scale: int = 2, **kwargs) -> ModelCard:
@@ -34,6 +35,27 @@ def test_registry_builds_every_network_by_name():
     assert logits.shape[0] == 2 and len(feats) == 3
     with pytest.raises(ValueError, match="unknown generator"):
         build("generator", "nope")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_resize_upsampling_starts_as_the_interpolated_input_like_pixel_shuffle(scale: int):
+    x = torch.rand(2, 3, 12, 10)
+    outputs = [
+        build("generator", "srvgg", scale=scale, num_feat=8, num_conv=1, upsample=up)(x)
+        for up in ("pixelshuffle", "resize")
+    ]
+    assert outputs[0].shape == outputs[1].shape == (2, 3, 12 * scale, 10 * scale)
+    assert torch.allclose(outputs[0], outputs[1])
+    with pytest.raises(ValueError, match="use pixelshuffle or resize"):
+        build("generator", "srvgg", upsample="deconv")
+
+
+def test_unet_discriminator_judges_every_2x2_block_and_its_gradient_reaches_the_input():
+    images = torch.rand(2, 3, 40, 36, requires_grad=True)
+    logits, features = build("discriminator", "unet", num_feat=8)(images)
+    assert logits.shape == (2, 1, 20, 18) and len(features) == 7
+    logits[:, :, :10].sum().backward()
+    assert images.grad[:, :, :20].abs().sum() > 0
 
 
 def test_ema_half_life_is_counted_in_images():
@@ -117,3 +139,14 @@ def test_enhancer_rejects_wrong_shapes():
         enhancer.enhance_array(np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="tile_pad"):
         Enhancer(_trained_like(card), card, tile=16, tile_pad=8)
+
+
+def test_lowpass_pixel_loss_ignores_detail_finer_than_its_band_and_keeps_the_rest():
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 32, 32)
+    checkerboard = (torch.arange(32).view(1, 32) + torch.arange(32).view(32, 1)) % 2 * 0.2 - 0.1
+    assert torch.allclose(gaussian_blur(torch.full((1, 3, 9, 9), 0.3), 1.5), torch.full((1, 3, 9, 9), 0.3))
+    textured = target + checkerboard
+    assert pixel_loss("l1", textured, target) == pytest.approx(0.1)
+    assert pixel_loss("l1", textured, target, lowpass=1.5) < 0.002
+    assert pixel_loss("l1", target + 0.1, target, lowpass=1.5) == pytest.approx(0.1, rel=1e-4)

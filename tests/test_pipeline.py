@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -19,6 +20,7 @@ from gan_enhance.config import load_params
 from gan_enhance.data.prepare import prepare
 from gan_enhance.evaluation.stage import evaluate
 from gan_enhance.inference import Enhancer
+from gan_enhance.models.artifact import PIXEL_TWIN
 from gan_enhance.training.checkpoint import list_checkpoints
 from gan_enhance.training.stage import train
 
@@ -39,13 +41,13 @@ def test_tiny_pipeline_end_to_end(tiny_project: Path):
     metrics = evaluate(params)
     written = json.loads((tiny_project / "reports/eval/metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics))
-    for method in ("model", "bicubic"):
+    for method in ("model", PIXEL_TWIN, "bicubic"):
         assert {"psnr", "ssim", "fid", "kid"} <= set(written[method])
         assert 10 < written[method]["psnr"] < 60
     assert written["protocol"]["fid_crops"] == 6 and written["protocol"]["metric_space"] == "y"
-    assert "psnr_vs_bicubic" in written["gain"]
+    assert {"psnr_vs_bicubic", f"kid_vs_{PIXEL_TWIN}", f"fid_vs_{PIXEL_TWIN}_low"} <= set(written["gain"])
     per_image = (tiny_project / "reports/eval/per_image.csv").read_text().splitlines()
-    assert len(per_image) == 1 + 2 * written["protocol"]["test_images"]
+    assert len(per_image) == 1 + 3 * written["protocol"]["test_images"]
     assert (tiny_project / "reports/eval/comparison.png").is_file()
 
     client = mlflow.MlflowClient(params.tracking.uri)
@@ -55,6 +57,20 @@ def test_tiny_pipeline_end_to_end(tiny_project: Path):
     assert run.data.params["train.steps"] == "12"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"generator", "samples", "evaluation"} <= artifacts
+
+
+def test_the_pixel_only_twin_is_the_ema_generator_when_the_pixel_phase_ended(tiny_project: Path):
+    params = load_params("params.yaml", {"train.checkpoint_every": 6, "train.keep_checkpoints": 2})
+    prepare(params.data, min_side=params.train.patch_size)
+    model_dir = train(params).model_dir
+    twin = model_dir / PIXEL_TWIN
+    assert json.loads((twin / "card.json").read_text())["steps"] == params.train.warmup_steps == 6
+    at_warmup_end = torch.load(list_checkpoints(Path(params.train.checkpoint_dir))[0], weights_only=True)
+    assert at_warmup_end["step"] == 6
+    exported = load_file(twin / "generator.safetensors")
+    assert all(torch.equal(exported[k], v) for k, v in at_warmup_end["EMA"].items())
+    final = load_file(model_dir / "generator.safetensors")
+    assert any(not torch.equal(final[k], v) for k, v in exported.items())
 
 
 def test_evaluate_refuses_a_model_of_another_task(tiny_project: Path):

@@ -189,6 +189,12 @@ class TrainParams(_Section):
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     pixel_loss: Literal["l1", "charbonnier"] = "l1"
     gan_loss: Literal["vanilla", "lsgan", "hinge", "ragan"] = "ragan"
+    pixel_lowpass: float = Field(
+        0.0,
+        ge=0,
+        description="Paired tasks, adversarial phase: the pixel loss compares output and target blurred by a "
+        "Gaussian of this sigma (target pixels), leaving finer detail to the discriminator; 0: the whole band.",
+    )
     weights: LossWeights = LossWeights()
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images; 0 turns it off.")
     grad_clip: float = Field(1.0, ge=0, description="Max gradient norm; 0 turns clipping off.")

@@ -4,7 +4,7 @@ with a comparison grid."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from gan_enhance.evaluation.report import MODEL, Evaluation, assemble_result, pr
 from gan_enhance.evaluation.testsets import TestImage, crop_positions, crops, load_test_split
 from gan_enhance.inference import Enhancer
 from gan_enhance.metric_facts import IMAGE_METRICS
+from gan_enhance.models.artifact import twin_dirs
 from gan_enhance.tasks import Task
 from gan_enhance.visual import image_grid, textured_crop, to_u8
 
@@ -81,13 +82,26 @@ def comparison_grid(
     return image_grid(grid_rows, labels=("input", *methods.keys(), "target"), captions=captions)
 
 
-def method_outputs(task: Task, enhancer: Enhancer, test_set: list[TestImage]) -> dict[str, list[np.ndarray]]:
-    """The model's and each classical baseline's uint8 output for every test image."""
-    methods: dict[str, list[np.ndarray]] = {MODEL: []}
+def load_twins(model_dir: Path, enhancer: Enhancer) -> dict[str, Enhancer]:
+    """The twins exported inside a model folder (its pixel-loss-only state: `pixel_only`), loaded like the model."""
+    return {
+        name: Enhancer.from_dir(folder, str(enhancer.device), tile=enhancer.tile, tile_pad=enhancer.tile_pad)
+        for name, folder in twin_dirs(model_dir).items()
+    }
+
+
+def method_outputs(
+    task: Task, enhancer: Enhancer, test_set: list[TestImage], twins: Mapping[str, Enhancer] | None = None
+) -> dict[str, list[np.ndarray]]:
+    """The uint8 output for every test image of the model, of its twins (baselines too) and of each classical
+    baseline."""
+    twins = twins or {}
+    networks = {MODEL: enhancer, **twins}
     baselines = task.baselines()
-    methods.update({name: [] for name in baselines})
+    methods: dict[str, list[np.ndarray]] = {name: [] for name in [*networks, *baselines]}
     for image in tqdm(test_set, desc="enhance test set", unit="img", disable=None):
-        methods[MODEL].append(to_u8(np.clip(enhancer.enhance_array(image.input, mask=image.mask), 0, 1)))
+        for name, network in networks.items():
+            methods[name].append(to_u8(np.clip(network.enhance_array(image.input, mask=image.mask), 0, 1)))
         for name, baseline in baselines.items():
             methods[name].append(to_u8(np.clip(baseline(image.input, image.mask), 0, 1)))
     return methods
@@ -98,10 +112,16 @@ def evaluation_evidence(params: Params, task: Task, enhancer: Enhancer, test_set
     return measure_outputs(params, task, test_set, method_outputs(task, enhancer, test_set))[0]
 
 
-def run_evaluation(params: Params, task: Task, enhancer: Enhancer, test_set: list[TestImage]) -> Evaluation:
-    """Enhancer and baselines over a test set: metrics.json content with intervals, per-image rows, evidence and
-    the comparison grid."""
-    methods = method_outputs(task, enhancer, test_set)
+def run_evaluation(
+    params: Params,
+    task: Task,
+    enhancer: Enhancer,
+    test_set: list[TestImage],
+    twins: Mapping[str, Enhancer] | None = None,
+) -> Evaluation:
+    """Enhancer, its twins and the classical baselines over a test set: metrics.json content with intervals,
+    per-image rows, evidence and the comparison grid."""
+    methods = method_outputs(task, enhancer, test_set, twins)
     evidence, rows = measure_outputs(params, task, test_set, methods)
     result = assemble_result(params, evidence, enhancer.card, protocol(params, task, test_set))
     grid = comparison_grid(test_set, methods, params.evaluate.grid_images, rows)
@@ -109,14 +129,20 @@ def run_evaluation(params: Params, task: Task, enhancer: Enhancer, test_set: lis
 
 
 def evaluate_test_set(
-    params: Params, task: Task, enhancer: Enhancer, test_set: list[TestImage], out: Path
+    params: Params,
+    task: Task,
+    enhancer: Enhancer,
+    test_set: list[TestImage],
+    out: Path,
+    twins: Mapping[str, Enhancer] | None = None,
 ) -> Evaluation:
     """Evaluate on a test set and write metrics.json, evidence.npz, per_image.csv and comparison.png into `out`."""
-    evaluation = run_evaluation(params, task, enhancer, test_set)
+    evaluation = run_evaluation(params, task, enhancer, test_set, twins)
     write_report(out, evaluation)
     return evaluation
 
 
 def evaluate_paired(params: Params, task: Task, enhancer: Enhancer, base: Path) -> Evaluation:
-    """The evaluate stage's evaluation for paired and masked kinds: the prepared test split."""
-    return run_evaluation(params, task, enhancer, load_test_split(params, task, base))
+    """The evaluate stage's evaluation for paired and masked kinds: the prepared test split, with the model's twins."""
+    twins = load_twins(base / params.train.out_dir, enhancer)
+    return run_evaluation(params, task, enhancer, load_test_split(params, task, base), twins)

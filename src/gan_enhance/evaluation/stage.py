@@ -7,6 +7,7 @@ CSV, grid), paired.py, translation.py and generation.py (one evaluation per kind
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,18 @@ class FolderEvaluation:
     test_set: list[TestImage]
 
 
-def evaluate_folder(params: Params, enhancer: Enhancer, folder: Path, out: Path, where: str) -> FolderEvaluation:
-    """Evaluate `enhancer` (described as `where` in errors) on every image of `folder` (a benchmark set such as
-    Set14) with the params' task and evaluation settings; metrics.json, per_image.csv and comparison.png go into
-    `out`. Kinds whose evaluation needs the prepared data (two domains, generation) are refused."""
+def evaluate_folder(
+    params: Params,
+    enhancer: Enhancer,
+    folder: Path,
+    out: Path,
+    where: str,
+    twins: Mapping[str, Enhancer] | None = None,
+) -> FolderEvaluation:
+    """Evaluate `enhancer` (described as `where` in errors) and its `twins` (scored as baselines) on every image of
+    `folder` (a benchmark set such as Set14) with the params' task and evaluation settings; metrics.json,
+    per_image.csv and comparison.png go into `out`. Kinds whose evaluation needs the prepared data (two domains,
+    generation) are refused."""
     task = build_task(params.task)
     if not KINDS[task.kind].evaluates_folders:
         raise EvaluationError(
@@ -69,7 +78,7 @@ def evaluate_folder(params: Params, enhancer: Enhancer, folder: Path, out: Path,
         )
     check_fits(enhancer, task, where)
     test_set = load_test_folder(folder, task, params.evaluate.seed, params.data.max_pixels)
-    evaluation = evaluate_test_set(params, task, enhancer, test_set, out)
+    evaluation = evaluate_test_set(params, task, enhancer, test_set, out, twins)
     return FolderEvaluation(evaluation.result, evaluation.rows, test_set)
 
 

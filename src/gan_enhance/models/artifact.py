@@ -20,6 +20,7 @@ from gan_enhance.models.registry import build
 WEIGHTS_FILE = "generator.safetensors"
 CARD_FILE = "card.json"
 CARD_VERSION = 1
+PIXEL_TWIN = "pixel_only"  # subfolder of a GAN model: its generator when the pixel-loss phase ended (a baseline)
 
 
 class ArtifactError(GanEnhanceError, RuntimeError):
@@ -86,6 +87,12 @@ def load_card(folder: Path) -> ModelCard:
         return ModelCard.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as exc:
         raise ArtifactError(f"model card '{path}' is damaged ({exc}); re-run training to rewrite it") from exc
+
+
+def twin_dirs(folder: Path) -> dict[str, Path]:
+    """The twins exported inside a model folder (name -> folder), e.g. its pixel-loss-only state (PIXEL_TWIN)."""
+    folder = Path(folder)
+    return {p.name: p for p in sorted(folder.iterdir()) if (p / CARD_FILE).is_file()} if folder.is_dir() else {}
 
 
 def load_generator(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelCard]:

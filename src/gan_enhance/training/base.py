@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,11 @@ class BaseTrainer(ABC):
 
     @abstractmethod
     def set_train_mode(self) -> None: ...
+
+    def twins(self) -> dict[str, tuple[nn.Module, int]]:
+        """Other states of the deliverable exported beside it (name -> network, steps it had trained), e.g. the
+        generator before its adversarial phase: the evaluation scores each as a baseline."""
+        return {}
 
     def curve_markers(self) -> dict[str, float]:
         """Steps worth marking on the training curves (label -> step), e.g. where a phase starts."""
@@ -293,6 +298,8 @@ class BaseTrainer(ABC):
         if out.exists():
             shutil.rmtree(out)
         save_generator(net, card, out)
+        for name, (twin, steps) in self.twins().items():
+            save_generator(twin, replace(card, steps=steps, metrics={}), out / name)
         self._write_curves(self.base / tp.report_dir)
         return out
 

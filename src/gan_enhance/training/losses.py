@@ -6,7 +6,25 @@ import torch
 import torch.nn.functional as F
 
 
-def pixel_loss(kind: str, output: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of N x C x H x W images (kernel radius 3 sigma, reflected borders)."""
+    radius = max(int(3 * sigma + 0.5), 1)
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).repeat(images.shape[1], 1, 1, 1)
+    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    rows = F.conv2d(padded, kernel.view(images.shape[1], 1, 1, -1), groups=images.shape[1])
+    return F.conv2d(rows, kernel.view(images.shape[1], 1, -1, 1), groups=images.shape[1])
+
+
+def pixel_loss(
+    kind: str, output: torch.Tensor, target: torch.Tensor, eps: float = 1e-3, lowpass: float = 0.0
+) -> torch.Tensor:
+    """L1 or Charbonnier distance; with `lowpass` > 0, between the images blurred by a Gaussian of that sigma
+    (frequency separation, Fritsche et al. 2019: the pixel loss keeps colours and shapes, the adversarial loss is
+    free to choose the texture above that band)."""
+    if lowpass > 0:
+        output, target = gaussian_blur(output, lowpass), gaussian_blur(target, lowpass)
     if kind == "l1":
         return F.l1_loss(output, target)
     if kind == "charbonnier":

@@ -1,11 +1,13 @@
 """The GAN trainer for paired tasks (and masked ones: inpainting): the task makes each (input, target) pair.
 
 Phase 1 (step < warmup_steps): pixel loss only. Phase 2: adversarial + discriminator feature matching,
-pixel loss kept. The EMA generator is the deliverable.
+pixel loss kept. The EMA generator is the deliverable; its state when phase 1 ended is exported beside it as its
+PSNR twin (`pixel_only`), which the evaluation scores as a baseline: what the adversarial phase bought.
 """
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 from typing import Any
 
@@ -15,6 +17,7 @@ from torch import nn
 
 from gan_enhance.data.batches import PatchSampler, load_split, step_rng
 from gan_enhance.data.prepare import manifest_hash
+from gan_enhance.models.artifact import PIXEL_TWIN
 from gan_enhance.training import losses
 from gan_enhance.training.base import OneGANTrainer
 from gan_enhance.training.ema import EMA
@@ -56,15 +59,24 @@ class PairedTrainer(OneGANTrainer):
         self.opt_d = self.optimizer(self.D.parameters(), tp.lr_d)
         self.sched_g = self.scheduler(self.opt_g, tp.steps)
         self.sched_d = self.scheduler(self.opt_d, max(tp.steps - tp.warmup_steps, 1))  # D trains after warm-up
+        self.twin = copy.deepcopy(self.ema.model) if self.has_adversarial_phase() else None
+
+    def has_adversarial_phase(self) -> bool:
+        tp = self.params.train
+        return (tp.weights.adversarial > 0 or tp.weights.feature_matching > 0) and 0 < tp.warmup_steps < tp.steps
+
+    def stateful(self) -> dict[str, Any]:
+        return {**super().stateful(), **({PIXEL_TWIN: self.twin} if self.twin is not None else {})}
+
+    def twins(self) -> dict[str, tuple[nn.Module, int]]:
+        return {PIXEL_TWIN: (self.twin, self.params.train.warmup_steps)} if self.twin is not None else {}
 
     def set_train_mode(self) -> None:
         self.G.train()
 
     def curve_markers(self) -> dict[str, float]:
         """Where the adversarial phase starts (loss_g jumps there: the adversarial terms join the pixel loss)."""
-        tp = self.params.train
-        adversarial = tp.weights.adversarial > 0 or tp.weights.feature_matching > 0
-        return {"adversarial phase starts": tp.warmup_steps} if adversarial and tp.warmup_steps < tp.steps else {}
+        return {"adversarial phase starts": self.params.train.warmup_steps} if self.has_adversarial_phase() else {}
 
     def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
         return self.ema.model, {}
@@ -98,7 +110,9 @@ class PairedTrainer(OneGANTrainer):
             target = target.detach()
 
         with self.autocast():
-            loss_pix = self.task.pixel_loss(partial(losses.pixel_loss, tp.pixel_loss), fake.float(), target, inp)
+            lowpass = tp.pixel_lowpass if adversarial else 0.0
+            pixel = partial(losses.pixel_loss, tp.pixel_loss, lowpass=lowpass)
+            loss_pix = self.task.pixel_loss(pixel, fake.float(), target, inp)
             loss_g = tp.weights.pixel * loss_pix
             if adversarial:
                 self.D.requires_grad_(False)
@@ -111,6 +125,8 @@ class PairedTrainer(OneGANTrainer):
                 logs["loss_adv"], logs["loss_fm"] = loss_adv.item(), loss_fm.item()
         self.update(self.opt_g, self.sched_g, loss_g, self.G)
         self.ema.update(self.G, tp.batch_size, (step + 1) * tp.batch_size)
+        if self.twin is not None and step + 1 == tp.warmup_steps:
+            self.twin.load_state_dict(self.ema.model.state_dict())
         logs["loss_pixel"], logs["loss_g"] = loss_pix.item(), loss_g.item()
         return logs
 
