@@ -5,8 +5,9 @@
 the project's Enhancer (overlapping tiles, alpha kept, 16-bit grayscale kept). Request checks, decoding and encoding
 live in the gan_enhance.serving package; this file only wires them to HTTP.
 
-    POST /enhance         multipart: image (file), mask (file; inpainting models), format (png|jpeg|webp),
-                          quality (1-100) -> the enhanced image
+    POST /enhance         multipart: image (file), mask (file; inpainting models), format (png|jpeg|webp; else
+                          the Accept header's choice, else png), quality (1-100) -> the enhanced image, with a
+                          Server-Timing header (validate, decode, enhance, encode)
     POST /enhance_batch   JSON {"images": [H x W x 3 uint8, ...]} -> {"images"-like list}, adaptive batching
     POST /generate        JSON {"n": 8, "seed": 0} -> n seeded samples (generation models)
     GET  /model           registered name, version, alias, task, scale, metrics, serving settings
@@ -35,7 +36,15 @@ from starlette.responses import JSONResponse, Response
 
 from gan_enhance.device import disable_telemetry
 from gan_enhance.inference import Enhancer
-from gan_enhance.serving.codec import OutputFormat, check_batch, decode_mask, decode_upload, encode_image
+from gan_enhance.serving.codec import (
+    OutputFormat,
+    check_batch,
+    check_upload,
+    choose_format,
+    decode_mask,
+    encode_image,
+    load_upload,
+)
 from gan_enhance.serving.errors import RequestError
 from gan_enhance.serving.guard import JsonRewrite, RequestGuard, guard_routes
 from gan_enhance.serving.model import (
@@ -47,6 +56,7 @@ from gan_enhance.serving.model import (
     served_openapi,
 )
 from gan_enhance.serving.settings import ServeSettings
+from gan_enhance.serving.timing import StageTimes
 
 disable_telemetry()
 SETTINGS = ServeSettings.from_env()
@@ -67,7 +77,7 @@ Images = Annotated[
     description="GAN image enhancement (super-resolution, denoising, inpainting, translation, generation) with the "
     "MLflow champion model.",
     traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency},
-    workers=1,  # one model copy per container; scale out with replicas
+    workers=SETTINGS.workers,  # each loads its own model copy (2 cores: docs/benchmarks.md, Serving)
 )
 class EnhanceService:
     bento_model = bentoml.models.BentoModel(f"{BENTO_MODEL}:latest")
@@ -94,6 +104,9 @@ class EnhanceService:
             "max_upload_mb": SETTINGS.max_upload_mb,
             "batching": SETTINGS.batching,
             "threads": SETTINGS.threads,
+            "workers": SETTINGS.workers,
+            "png_compress_level": SETTINGS.png_compress_level,
+            "webp_method": SETTINGS.webp_method,
             "torch_threads": torch.get_num_threads(),
             "timeout_s": SETTINGS.timeout_s,
         }
@@ -113,28 +126,37 @@ class EnhanceService:
     @bentoml.api(route="/enhance")
     async def enhance(
         self,
+        ctx: bentoml.Context,  # the request (its Accept header)
         image: Path,
         # not `Path | None`: BentoML 1.4 makes only plain Path fields accept uploads (the default stays None)
         mask: Path = None,  # type: ignore[assignment]  # noqa: RUF013
-        format: OutputFormat = "png",
+        format: OutputFormat | None = None,
         quality: Annotated[int, Field(ge=1, le=100)] = 95,
     ) -> Image.Image:
         """Enhance one image (PNG, JPEG, WebP, TIFF or BMP). Inpainting models also need `mask`, an image of the
-        same size, white where to fill in. Returns PNG unless `format` asks for JPEG or WebP; alpha and 16-bit
-        grayscale survive in PNG."""
+        same size, white where to fill in. Returns `format` when given, else what the Accept header prefers among
+        image/png, image/webp and image/jpeg, else PNG; alpha and 16-bit grayscale survive in PNG."""
         try:
             check_request_kind(self.enhancer.card, "/enhance", mask_sent=mask is not None)
-            return await anyio.to_thread.run_sync(self._enhance_file, image, mask, format, quality, limiter=self.codec)
+            fmt = choose_format(format, ctx.request.headers.get("accept"))
+            return await anyio.to_thread.run_sync(self._enhance_file, image, mask, fmt, quality, limiter=self.codec)
         except RequestError as exc:
+            ctx.response.status_code = exc.status  # an API that takes ctx answers with ctx's status, not the response's
             return JSONResponse(exc.body(), status_code=exc.status)  # type: ignore[return-value]
 
     def _enhance_file(self, image: Path, mask: Path | None, fmt: str, quality: int) -> Response:
-        picture = decode_upload(image.read_bytes(), SETTINGS.max_pixels)
-        holes = None if mask is None else decode_mask(mask.read_bytes(), picture, SETTINGS.max_pixels)
-        with self.compute:
+        times = StageTimes()
+        data = image.read_bytes()
+        with times.stage("validate"):
+            check_upload(data, SETTINGS.max_pixels)
+        with times.stage("decode"):
+            picture = load_upload(data, SETTINGS.max_pixels)
+            holes = None if mask is None else decode_mask(mask.read_bytes(), picture, SETTINGS.max_pixels)
+        with self.compute, times.stage("enhance"):  # timed once it has the compute slot: no queueing inside
             result = self.enhancer.enhance_image(picture, mask=holes)
-        encoded = encode_image(result, fmt, quality, SETTINGS.png_compress_level)
-        headers = {"X-Model": self.model_header}
+        with times.stage("encode"):
+            encoded = encode_image(result, fmt, quality, SETTINGS.png_compress_level, SETTINGS.webp_method)
+        headers = {"X-Model": self.model_header, "Vary": "Accept", "Server-Timing": times.header()}
         if encoded.notes:
             headers["X-Conversions"] = "; ".join(encoded.notes)
         return Response(encoded.data, media_type=encoded.media_type, headers=headers)

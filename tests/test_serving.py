@@ -189,6 +189,27 @@ def test_enhance_raw_multipart_keeps_alpha_and_16_bit(url: str, enhancer):
     assert response.headers["content-type"] == "image/webp" and decoded(response).mode == "RGBA"
 
 
+def test_the_accept_header_chooses_the_format_and_the_stages_are_timed(url: str, enhancer):
+    from gan_enhance.serving.timing import parse_server_timing
+
+    rgb = Image.fromarray(photo(seed=6))
+    expected = np.asarray(enhancer.enhance_image(rgb))
+    browser = "image/avif,image/webp,*/*;q=0.8"
+    cases = [({"accept": browser}, {}, "image/webp"), ({"accept": browser}, {"format": "png"}, "image/png")]
+    cases += [({"accept": "*/*"}, {}, "image/png"), ({"accept": "image/jpeg"}, {}, "image/jpeg")]
+    for headers, fields, media_type in cases:
+        response = httpx.post(
+            f"{url}/enhance", files={"image": ("in.png", png_bytes(rgb))}, data=fields, headers=headers, timeout=120
+        )
+        out = decoded(response)
+        assert response.headers["content-type"] == media_type and response.headers["vary"] == "Accept", headers
+        assert out.size == (200, 300)
+        if media_type == "image/png":
+            assert np.array_equal(np.asarray(out), expected)
+        stages = parse_server_timing(response.headers["server-timing"])
+        assert list(stages) == ["validate", "decode", "enhance", "encode"] and min(stages.values()) >= 0
+
+
 def test_enhance_batch_with_the_client_and_raw_json(url: str, enhancer):
     import bentoml
 

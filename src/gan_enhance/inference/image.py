@@ -50,7 +50,8 @@ class ImageEnhancer(Enhancer):
     def _tiled(self, x: torch.Tensor) -> torch.Tensor:
         s, tile, pad = self.scale, self.tile, self.tile_pad
         n, _, height, width = x.shape
-        out = torch.empty(n, 3, height * s, width * s, dtype=torch.float32)
+        # N x 3 x H x W in channels-last memory: the H x W x 3 view that enhance_array converts is then contiguous
+        out = torch.empty(n, height * s, width * s, 3, dtype=torch.float32).permute(0, 3, 1, 2)
         for top in range(0, height, tile):
             for left in range(0, width, tile):
                 bottom, right = min(top + tile, height), min(left + tile, width)
@@ -76,7 +77,7 @@ class ImageEnhancer(Enhancer):
         y *= peak  # in place: a full-size x4 output is large, temporaries would multiply the peak memory
         np.round(y, out=y)
         np.clip(y, 0, peak, out=y)
-        return y.astype(rgb.dtype)
+        return y.astype(rgb.dtype, order="C")  # H x W x 3 contiguous, as Pillow and the encoders read it
 
     def _with_mask(self, x: torch.Tensor, mask: np.ndarray | None, shape: tuple[int, ...]) -> torch.Tensor:
         """The network input for image `x` and the caller's `mask` (image models take none)."""

@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gan_enhance.data.image_io import ImageError, open_image, to_uint8
 from gan_enhance.serving.errors import CURL_HINT, MASK_HINT, SUPPORTED, RequestError
+from gan_enhance.serving.png import encode_png
 from gan_enhance.serving.settings import ENV_PREFIX
 
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
@@ -22,14 +23,16 @@ OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
     "webp": ("WEBP", "image/webp"),
 }
 OutputFormat = Literal["png", "jpeg", "jpg", "webp"]
+ACCEPTED = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpeg"}  # Accept media types the service makes
+PNG_8_BIT = ("L", "LA", "RGB", "RGBA")  # Pillow modes the fast PNG writer takes
 
 
 # --- uploads -------------------------------------------------------------------------------------------------------
 
 
-def decode_upload(data: bytes, max_pixels: int, field_name: str = "image") -> Image.Image:
-    """Uploaded bytes -> a fully loaded PIL image, or RequestError: 400 empty/truncated, 413 too many pixels,
-    415 not an image or a format the service does not take."""
+def check_upload(data: bytes, max_pixels: int, field_name: str = "image") -> None:
+    """Validate uploaded bytes from the image header alone: RequestError 400 empty, 413 too many pixels, 415 not an
+    image or a format the service does not take."""
     if not data:
         raise RequestError(
             400, f"the file in field '{field_name}' is empty (0 bytes)", f"send the image file; {CURL_HINT}"
@@ -54,12 +57,23 @@ def decode_upload(data: bytes, max_pixels: int, field_name: str = "image") -> Im
             f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}",
             too_many,
         )
+
+
+def load_upload(data: bytes, max_pixels: int, field_name: str = "image") -> Image.Image:
+    """Bytes that passed check_upload -> a fully loaded PIL image, or RequestError 400 (truncated or corrupt)."""
     try:
         return open_image(data, max_pixels)
     except ImageError as exc:  # header fine, pixel data not: truncated or corrupt
         raise RequestError(
             400, str(exc).replace("upload: ", f"'{field_name}': ", 1), "upload the complete file, or re-export it"
         ) from None
+
+
+def decode_upload(data: bytes, max_pixels: int, field_name: str = "image") -> Image.Image:
+    """Uploaded bytes -> a fully loaded PIL image (check_upload, then load_upload), or RequestError: 400
+    empty/truncated, 413 too many pixels, 415 not an image or a format the service does not take."""
+    check_upload(data, max_pixels, field_name)
+    return load_upload(data, max_pixels, field_name)
 
 
 def decode_mask(data: bytes, image: Image.Image, max_pixels: int) -> Image.Image:
@@ -83,13 +97,18 @@ class EncodedImage:
     notes: tuple[str, ...] = ()  # conversions the format forced (alpha flattened, 16 bits reduced to 8)
 
 
-def encode_image(image: Image.Image, fmt: str, quality: int = 95, png_compress_level: int = 1) -> EncodedImage:
+def encode_image(
+    image: Image.Image, fmt: str, quality: int = 95, png_compress_level: int = 1, webp_method: int = 0
+) -> EncodedImage:
     """PNG keeps everything (alpha, 16-bit grayscale); JPEG has no alpha (flattened onto white) and neither JPEG nor
-    WebP has 16 bits (reduced to 8)."""
+    WebP has 16 bits (reduced to 8). 8-bit PNGs go through the fast writer (gan_enhance.serving.png), others
+    through Pillow; `webp_method` is libwebp's effort (0 fastest, 6 smallest)."""
     pil_format, media_type = OUTPUT_FORMATS[fmt]
     notes: list[str] = []
-    buffer = io.BytesIO()
     if pil_format == "PNG":
+        if image.mode in PNG_8_BIT:
+            return EncodedImage(encode_png(np.asarray(image), png_compress_level), media_type)
+        buffer = io.BytesIO()
         image.save(buffer, "PNG", compress_level=png_compress_level)
         return EncodedImage(buffer.getvalue(), media_type)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -100,8 +119,34 @@ def encode_image(image: Image.Image, fmt: str, quality: int = 95, png_compress_l
         background.paste(image, mask=image.getchannel("A"))
         image = background
         notes.append("alpha flattened onto white")
-    image.save(buffer, pil_format, quality=quality)
+    options = {"method": webp_method} if pil_format == "WEBP" else {}
+    buffer = io.BytesIO()
+    image.save(buffer, pil_format, quality=quality, **options)
     return EncodedImage(buffer.getvalue(), media_type, tuple(notes))
+
+
+def choose_format(requested: str | None, accept: str | None) -> str:
+    """The output format: the request's `format` field when sent, else the best of PNG, WebP and JPEG that the
+    Accept header names (highest q; lossless PNG wins ties; wildcards alone pick PNG), else PNG."""
+    if requested:
+        return requested
+    best, best_q = "png", 0.0
+    for part in (accept or "").split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        fmt = ACCEPTED.get(media.lower())
+        if fmt is None:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > best_q or (q == best_q and fmt == "png"):
+            best, best_q = fmt, q
+    return best
 
 
 # --- batches -------------------------------------------------------------------------------------------------------
