@@ -9,7 +9,7 @@ from gan_enhance.inference import Enhancer
 from gan_enhance.models.artifact import ArtifactError, ModelCard, load_generator, save_generator
 from gan_enhance.models.registry import build, names
 from gan_enhance.training.ema import EMA
-from gan_enhance.training.losses import gaussian_blur, pixel_loss
+from gan_enhance.training.losses import artifact_loss, gaussian_blur, pixel_loss
 
 
 def _card(arch: str = "srvgg", scale: int = 2, **kwargs) -> ModelCard:
@@ -150,3 +150,18 @@ def test_lowpass_pixel_loss_ignores_detail_finer_than_its_band_and_keeps_the_res
     assert pixel_loss("l1", textured, target) == pytest.approx(0.1)
     assert pixel_loss("l1", textured, target, lowpass=1.5) < 0.002
     assert pixel_loss("l1", target + 0.1, target, lowpass=1.5) == pytest.approx(0.1, rel=1e-4)
+
+
+def test_artifact_loss_pulls_only_where_the_output_errs_more_than_the_stable_model():
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 32, 32)
+    stable = target + 0.02 * torch.randn_like(target)
+    artifact = target.clone()
+    artifact[..., 8:16, 8:16] += 0.3 * torch.randn(1, 3, 8, 8)
+    assert artifact_loss(artifact, stable, target) > 0
+    assert artifact_loss(target + 0.01 * torch.randn_like(target), target + 0.5, target) == 0
+    artifact.requires_grad_(True)
+    artifact_loss(artifact, stable, target).backward()
+    outside = torch.ones_like(artifact, dtype=torch.bool)
+    outside[..., 5:19, 5:19] = False
+    assert artifact.grad[outside].abs().max() == 0 and artifact.grad.abs().sum() > 0

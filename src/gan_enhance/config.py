@@ -171,6 +171,9 @@ class LossWeights(_Section):
     pixel: float = Field(1.0, ge=0)
     adversarial: float = Field(0.005, ge=0)
     feature_matching: float = Field(0.05, ge=0)
+    artifact: float = Field(
+        0.0, ge=0, description="LDL's artifact loss (Liang et al. 2022) in the adversarial phase; 0 turns it off."
+    )
 
 
 class TrainParams(_Section):

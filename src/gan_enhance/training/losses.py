@@ -68,3 +68,18 @@ def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Te
     """Squared gradient norm of D on real images (Mescheder et al. 2018); real_images must require grad."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
     return grad.pow(2).flatten(1).sum(1).mean()
+
+
+def artifact_loss(output: torch.Tensor, stable: torch.Tensor, target: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """LDL's loss (Liang et al., CVPR 2022): L1 weighted by a map of likely GAN artifacts. Where the output's error
+    varies locally (its local variance, scaled by the image's error variance^(1/5)) and is larger than the error of
+    a stable model (the EMA generator), the pixel is taken for an artifact and pulled towards the target; texture
+    that the stable model also gets wrong is left to the adversarial loss."""
+    with torch.no_grad():
+        residual = (target - output).abs().sum(1, keepdim=True)
+        stable_residual = (target - stable).abs().sum(1, keepdim=True)
+        patch = residual.flatten(1).var(1).pow(0.2).view(-1, 1, 1, 1)
+        mean = F.avg_pool2d(residual, window, 1, window // 2, count_include_pad=False)
+        mean_sq = F.avg_pool2d(residual**2, window, 1, window // 2, count_include_pad=False)
+        weight = patch * (mean_sq - mean**2).clamp_min(0) * (residual >= stable_residual)
+    return F.l1_loss(weight * output, weight * target)

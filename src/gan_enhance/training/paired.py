@@ -123,6 +123,12 @@ class PairedTrainer(OneGANTrainer):
                 loss_fm = losses.feature_matching_loss(real_feats, fake_feats)
                 loss_g = loss_g + tp.weights.adversarial * loss_adv + tp.weights.feature_matching * loss_fm
                 logs["loss_adv"], logs["loss_fm"] = loss_adv.item(), loss_fm.item()
+                if tp.weights.artifact > 0:
+                    with torch.no_grad():
+                        stable = self.ema.model(inp).float()
+                    loss_art = losses.artifact_loss(fake.float(), stable, target)
+                    loss_g = loss_g + tp.weights.artifact * loss_art
+                    logs["loss_artifact"] = loss_art.item()
         self.update(self.opt_g, self.sched_g, loss_g, self.G)
         self.ema.update(self.G, tp.batch_size, (step + 1) * tp.batch_size)
         if self.twin is not None and step + 1 == tp.warmup_steps:
