@@ -343,20 +343,21 @@ def run_pipeline(repo: Path, timeout_s: float) -> None:
 
 @task(name="read metrics", cache_policy=NO_CACHE, timeout_seconds=SHORT_TIMEOUT_S)
 def read_metrics(repo: Path) -> dict[str, Any]:
-    """The evaluate stage's metrics.json: the model's numbers and the first baseline's, and the intervals' level."""
+    """The evaluate stage's metrics.json: the model's numbers and its task's classical baseline's, and the intervals'
+    level."""
     from gan_enhance.evaluation.report import METRICS_FILE, MODEL
 
     path = repo / repo_params(repo).evaluate.out_dir / METRICS_FILE
     if not path.is_file():
         raise StepError(f"no evaluation at {path} after the pipeline ran; see the pipeline step's log", False)
     result = json.loads(path.read_text())
-    baselines = [key for key in result if key not in (MODEL, "gain", "protocol")]
+    baseline = result["protocol"].get("classical_baseline")
     numbers = {key: value for key, value in result[MODEL].items() if isinstance(value, int | float)}
     _log("challenger metrics: " + ", ".join(f"{m.name} {m.show_interval(numbers)}" for m in present(numbers)))
     return {
         "model": numbers,
-        "baseline": baselines[0] if baselines else None,
-        "baseline_metrics": result[baselines[0]] if baselines else {},
+        "baseline": baseline if baseline in result else None,
+        "baseline_metrics": result.get(baseline, {}),
         "confidence": result["protocol"].get("confidence"),
     }
 
