@@ -23,12 +23,10 @@ def config_names() -> list[str]:
     return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 
 
-def config_params(
-    name: str, work: Path, extra: dict[str, Any] | None = None, params_file: Path | None = None
-) -> Params:
-    """params.yaml + benchmarks/configs/<name>.yaml + `extra`, tracking off, every output inside `work`."""
-    overrides: dict[str, Any] = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    overrides.update(
+def work_params(work: Path, overrides: dict[str, Any], params_file: Path | None = None) -> Params:
+    """params.yaml + `overrides` (dotted keys), tracking off, every output inside `work` unless overridden."""
+    return load_params(
+        params_file or REPO / "params.yaml",
         {
             "tracking.enabled": False,
             "data.prepared_dir": str(work / "prepared"),
@@ -36,10 +34,17 @@ def config_params(
             "train.checkpoint_dir": str(work / "checkpoints"),
             "train.report_dir": str(work / "train_report"),
             "evaluate.out_dir": str(work / "eval"),
-            **(extra or {}),
-        }
+            **overrides,
+        },
     )
-    return load_params(params_file or REPO / "params.yaml", overrides)
+
+
+def config_params(
+    name: str, work: Path, extra: dict[str, Any] | None = None, params_file: Path | None = None
+) -> Params:
+    """params.yaml + benchmarks/configs/<name>.yaml + `extra`, tracking off, every output inside `work`."""
+    config: dict[str, Any] = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    return work_params(work, {**config, **(extra or {})}, params_file)
 
 
 def describe_model(params: Params) -> str:

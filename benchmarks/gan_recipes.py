@@ -32,8 +32,8 @@ if __package__ in (None, ""):
 import torch
 import yaml
 
-from benchmarks.common import CONFIGS, REPO, RESULTS, WORK, machine, machine_line
-from gan_enhance.config import Params, load_params, parse_overrides
+from benchmarks.common import CONFIGS, REPO, RESULTS, WORK, machine, machine_line, work_params
+from gan_enhance.config import Params, parse_overrides
 from gan_enhance.device import disable_telemetry
 from gan_enhance.evaluation.stage import evaluate
 from gan_enhance.training.checkpoint import PREFIX
@@ -53,19 +53,8 @@ def recipes() -> dict[str, dict[str, Any]]:
 
 
 def recipe_params(name: str, overrides: dict[str, Any]) -> Params:
-    work = OUT / name
-    return load_params(
-        REPO / "params.yaml",
-        {
-            "tracking.enabled": False,
-            "data.prepared_dir": str(REPO / "data/prepared"),
-            "train.out_dir": str(work / "generator"),
-            "train.checkpoint_dir": str(work / "checkpoints"),
-            "train.report_dir": str(work / "train_report"),
-            "evaluate.out_dir": str(work / "eval"),
-            **overrides,
-        },
-    )
+    """The recipe's params: outputs in its work folder, the default run's prepared data."""
+    return work_params(OUT / name, {"data.prepared_dir": str(REPO / "data/prepared"), **overrides})
 
 
 def pixel_phase_key(trainer: PairedTrainer) -> str:
