@@ -34,6 +34,7 @@ import yaml
 
 from benchmarks.common import CONFIGS, REPO, RESULTS, WORK, machine, machine_line, work_params
 from gan_enhance.config import Params, parse_overrides
+from gan_enhance.data.prepare import prepare
 from gan_enhance.device import disable_telemetry
 from gan_enhance.evaluation.stage import evaluate
 from gan_enhance.training.checkpoint import PREFIX
@@ -53,8 +54,12 @@ def recipes() -> dict[str, dict[str, Any]]:
 
 
 def recipe_params(name: str, overrides: dict[str, Any]) -> Params:
-    """The recipe's params: outputs in its work folder, the default run's prepared data."""
-    return work_params(OUT / name, {"data.prepared_dir": str(REPO / "data/prepared"), **overrides})
+    """The recipe's params: outputs in its work folder; the default run's prepared data unless the recipe changes
+    data.* (then it prepares its own in the work folder)."""
+    own_data = any(key.startswith("data.") for key in overrides)
+    return work_params(
+        OUT / name, overrides if own_data else {"data.prepared_dir": str(REPO / "data/prepared"), **overrides}
+    )
 
 
 def pixel_phase_key(trainer: PairedTrainer) -> str:
@@ -84,6 +89,8 @@ def run_recipe(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     keep = {"train.checkpoint_every": warmup, "train.keep_checkpoints": 10**6}  # the step-warmup checkpoint stays
     params = recipe_params(name, {**overrides, **keep})
     shutil.rmtree(OUT / name, ignore_errors=True)
+    if params.data.prepared_dir != REPO / "data/prepared":
+        prepare(params.data, min_side=params.train.patch_size)
     trainer = PairedTrainer(params, base=REPO)
     cached = OUT / "pixel_phase" / f"{pixel_phase_key(trainer)}.pt"
     shared = cached.is_file()
