@@ -37,6 +37,7 @@ from gan_enhance.config import Params, parse_overrides
 from gan_enhance.data.prepare import prepare
 from gan_enhance.device import disable_telemetry
 from gan_enhance.evaluation.stage import evaluate
+from gan_enhance.training.base import _code_hash
 from gan_enhance.training.checkpoint import PREFIX
 from gan_enhance.training.paired import PairedTrainer
 
@@ -45,8 +46,7 @@ OUT = WORK / "gan_recipes"
 SUMMARY = "summary.json"
 # what the adversarial phase alone reads: recipes differing only here share the pixel-loss phase
 ADVERSARIAL_ONLY = {"lr_d", "gan_loss", "pixel_lowpass", "r1_gamma", "checkpoint_every", "keep_checkpoints"}
-SHOWN = [("psnr", "bicubic"), ("fid", "bicubic"), ("kid", "bicubic"), ("psnr", "pixel_only"), ("fid", "pixel_only")]
-SHOWN += [("kid", "pixel_only")]
+SHOWN = [(metric, baseline) for baseline in ("bicubic", "pixel_only") for metric in ("psnr", "fid", "kid")]
 
 
 def recipes() -> dict[str, dict[str, Any]]:
@@ -63,11 +63,12 @@ def recipe_params(name: str, overrides: dict[str, Any]) -> Params:
 
 
 def pixel_phase_key(trainer: PairedTrainer) -> str:
-    """Hash of what the pixel-loss phase depends on (the trainer's fingerprint without the adversarial settings)."""
+    """Hash of what the pixel-loss phase depends on: the trainer's fingerprint (params, data, the code that shapes
+    the weights) without the adversarial settings, so a cached phase from other code is never reused."""
     dumped = trainer.params.model_dump(mode="json")
     train = {k: v for k, v in dumped["train"].items() if k not in ADVERSARIAL_ONLY and not k.endswith("_dir")}
     train["weights"] = {"pixel": train["weights"]["pixel"]}
-    key = [dumped["seed"], dumped["task"], dumped["model"]["generator"], train, trainer.data_hash]
+    key = [dumped["seed"], dumped["task"], dumped["model"]["generator"], train, trainer.data_hash, _code_hash()]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
