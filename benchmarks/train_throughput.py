@@ -31,7 +31,7 @@ if not __package__:  # run as `python benchmarks/train_throughput.py`: make `ben
 
 from benchmarks.common import REPO, RESULTS, WORK, config_names, config_params, describe_model, machine, machine_line
 from gan_enhance.config import Params
-from gan_enhance.data.batches import step_rng
+from gan_enhance.data.batches import sample_rngs
 from gan_enhance.data.prepare import prepare
 from gan_enhance.device import disable_telemetry
 from gan_enhance.kinds import KINDS
@@ -122,8 +122,8 @@ def measure(name: str, params: Params, rounds: int, block: int, warmup_calls: in
     tp = params.train
     batches = []
     for i in range(4):  # pre-made batches for the bare loop: the same kind of data, sampled before timing
-        rng = step_rng(params.seed, 10_000 + i)
-        inp, target = trainer.task.training_pair(trainer.sampler.sample(tp.batch_size, rng), rng)
+        rngs = sample_rngs(params.seed, 10_000 + i, range(tp.batch_size))
+        inp, target = trainer.task.training_pair(trainer.sampler.sample(rngs), rngs)
         batches.append((inp.to(trainer.device), target.to(trainer.device)))
     bare = BareLoop(trainer, batches)
     trainer.G.train()
@@ -135,7 +135,7 @@ def measure(name: str, params: Params, rounds: int, block: int, warmup_calls: in
             continue
         first = tp.warmup_steps if adversarial else 0
         loops: dict[str, Callable[[int], None]] = {
-            "trainer": trainer.train_step,
+            "trainer": lambda i: trainer.train_step(i, trainer.make_batch(i)),  # the batch made inline
             "bare": lambda i, adversarial=adversarial: bare.step(i, adversarial),
         }
         for run in loops.values():  # allocator and kernel warm-up, not timed

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from gan_enhance.config import TaskParams
+from gan_enhance.data.batches import sample_rngs
 from gan_enhance.data.degradations import add_gaussian_noise, bicubic_down, bicubic_up, crop_to_multiple
 from gan_enhance.tasks import build_task, task_from_card
 
@@ -28,7 +29,7 @@ def test_noise_statistics_and_range():
 def test_sr_training_pairs(scale: int):
     task = build_task(TaskParams(name="sr", sr={"scale": scale}))
     patches = np.stack(photo_crops(3, size=12 * scale))
-    inputs, targets = task.training_pair(patches, np.random.default_rng(0))
+    inputs, targets = task.training_pair(patches, sample_rngs(0, 0, range(len(patches))))
     assert inputs.shape == (3, 3, 12, 12) and targets.shape == (3, 3, 12 * scale, 12 * scale)
     assert float(inputs.min()) >= 0.0 and float(inputs.max()) <= 1.0
 
@@ -36,7 +37,7 @@ def test_sr_training_pairs(scale: int):
 def test_denoise_sigma_range_is_drawn_and_eval_sigma_is_fixed():
     task = build_task(TaskParams(name="denoise", denoise={"sigma": [5, 50], "eval_sigma": 15}))
     patches = np.stack(photo_crops(2, size=32))
-    inputs, targets = task.training_pair(patches, np.random.default_rng(0))
+    inputs, targets = task.training_pair(patches, sample_rngs(0, 0, range(len(patches))))
     assert inputs.shape == targets.shape
     target = photo_crops(1, size=64)[0]
     a, b = task.eval_input(target, seed=3), task.eval_input(target, seed=3)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from gan_enhance.config import ParamsError, TaskParams, load_params
+from gan_enhance.data.batches import sample_rngs
 from gan_enhance.data.domains import WARM_FILM, demonstration_domains, warm_film
 from gan_enhance.data.masks import random_mask
 from gan_enhance.data.prepare import DOMAIN_B_DIR, prepare_stage, read_manifest
@@ -138,7 +139,7 @@ def test_new_tasks_round_trip_through_a_card(overrides: dict):
 def test_inpaint_pairs_carry_the_mask_and_weight_the_holes():
     task = build_task(TaskParams(name="inpaint", inpaint={"hole_ratio": [0.2, 0.3], "hole_weight": 6.0}))
     patches = np.stack(photo_crops(3, size=48))
-    inputs, targets = task.training_pair(patches, np.random.default_rng(0))
+    inputs, targets = task.training_pair(patches, sample_rngs(0, 0, range(len(patches))))
     assert inputs.shape == (3, 4, 48, 48) and targets.shape == (3, 3, 48, 48)
     hole = inputs[:, 3:4]
     assert set(hole.unique().tolist()) == {0.0, 1.0} and 0.2 <= float(hole.mean()) < 0.45

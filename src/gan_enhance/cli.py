@@ -96,10 +96,18 @@ def prepare(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
 
 @app.command()
 def train(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Train the GAN (resumes from the newest matching checkpoint) and export the EMA generator."""
+    """Train the GAN (resumes from the newest matching checkpoint) and export the EMA generator.
+
+    With train.distributed asking for more than one process (e.g. -S train.distributed.nproc_per_node=2), it
+    launches itself through torchrun's elastic launcher; started by torchrun itself
+    (`torchrun --nnodes N --nproc_per_node G ... -m gan_enhance train`), it runs as one of the ranks.
+    """
+    from gan_enhance.training.distributed import launched_world
     from gan_enhance.training.stage import train as run_train
 
     result = run_train(_params(params_file, set_))
+    if not launched_world().main:
+        return
     typer.echo(
         f"model written to {result.model_dir} (steps {result.steps}, resumed from {result.resumed_from}, "
         f"MLflow run {result.run_id})"

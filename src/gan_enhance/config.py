@@ -176,6 +176,33 @@ class LossWeights(_Section):
     )
 
 
+class DistributedParams(_Section):
+    """How many training processes, on how many nodes (PyTorch's elastic launcher, torchrun, starts them)."""
+
+    nproc_per_node: int | Literal["auto"] = Field(
+        1, description="Processes on each node; 'auto': one per visible GPU, else 1. Each takes batch_size / world."
+    )
+    nnodes: int = Field(1, ge=1, le=1024, description="Nodes; each runs the same `gan-enhance train`.")
+    rdzv_endpoint: str = Field(
+        "127.0.0.1:29400", description="host:port of the c10d rendezvous when nnodes > 1 (on one node: a free port)."
+    )
+    max_restarts: int = Field(0, ge=0, le=100, description="Times the launcher restarts the group after a failure.")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="'auto': nccl on CUDA, gloo on CPU.")
+
+    @field_validator("nproc_per_node")
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"nproc_per_node must be >= 1 or 'auto'; got {value}")
+        return value
+
+    @field_validator("rdzv_endpoint")
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"rdzv_endpoint must be host:port (e.g. 10.0.0.1:29400); got {value!r}")
+        return value
+
+
 class TrainParams(_Section):
     out_dir: Path = Path("models/generator")
     checkpoint_dir: Path = Path("models/checkpoints")
@@ -209,7 +236,13 @@ class TrainParams(_Section):
     sample_every: int = Field(500, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU).")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's default.")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per process; None: torch's default (cores / processes when several)."
+    )
+    prefetch: int = Field(
+        2, ge=0, le=64, description="Batches made ahead of the training step by a background thread; 0: inline."
+    )
+    distributed: DistributedParams = DistributedParams()
 
     @field_validator("betas")
     def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:

@@ -97,9 +97,10 @@ class Task:
     def prepare_target(self, target: np.ndarray) -> np.ndarray:
         return crop_to_multiple(target, self.scale)
 
-    def training_pair(self, patches: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """B x P x P x 3 uint8 target patches -> (input, target) float tensors in [0, 1] scale."""
-        inputs = np.stack([self.degrade(p, rng, training=True) for p in patches])
+    def training_pair(self, patches: np.ndarray, rngs: list[np.random.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B x P x P x 3 uint8 target patches -> (input, target) float tensors in [0, 1] scale; patch i is degraded
+        with generator i."""
+        inputs = np.stack([self.degrade(p, rng, training=True) for p, rng in zip(patches, rngs, strict=True)])
         return to_tensor(inputs), to_tensor(patches)
 
     def eval_input(self, target: np.ndarray, seed: int) -> np.ndarray:

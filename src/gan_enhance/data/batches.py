@@ -1,11 +1,13 @@
 """Training batches: random target patches (area-weighted image choice, flips and 90° rotations).
 
-Each step's randomness comes from a generator seeded with (seed, step), so a resumed run draws exactly
-the batches an uninterrupted run would.
+Each sample of a step's global batch draws from its own generator, seeded with (seed, step, stream, index): a
+resumed run draws exactly the batches an uninterrupted run would, and N processes that each make their share of
+the indices train on exactly the batch one process would make.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,11 @@ class PatchSampler:
         areas = np.array([im.shape[0] * im.shape[1] for im in images], dtype=np.float64)
         self.weights = areas / areas.sum()
 
-    def sample(self, batch: int, rng: np.random.Generator) -> np.ndarray:
-        """B x P x P x 3 uint8 patches."""
-        out = np.empty((batch, self.patch, self.patch, 3), dtype=np.uint8)
-        for i, idx in enumerate(rng.choice(len(self.images), size=batch, p=self.weights)):
-            image = self.images[idx]
+    def sample(self, rngs: list[np.random.Generator]) -> np.ndarray:
+        """B x P x P x 3 uint8 patches, one from each generator."""
+        out = np.empty((len(rngs), self.patch, self.patch, 3), dtype=np.uint8)
+        for i, rng in enumerate(rngs):
+            image = self.images[rng.choice(len(self.images), p=self.weights)]
             top = rng.integers(0, image.shape[0] - self.patch + 1)
             left = rng.integers(0, image.shape[1] - self.patch + 1)
             patch = image[top : top + self.patch, left : left + self.patch]
@@ -47,4 +49,10 @@ class PatchSampler:
 
 
 def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+    """The generator of one step's shared draws (the same on every process)."""
     return np.random.default_rng([seed, step, stream])
+
+
+def sample_rngs(seed: int, step: int, indices: Iterable[int], stream: int = 0) -> list[np.random.Generator]:
+    """One generator per sample index of a step's global batch."""
+    return [np.random.default_rng([seed, step, stream, i]) for i in indices]

@@ -3,9 +3,14 @@
 A trainer subclass loads its data (returning its hash), builds its networks and sets the optimizers and
 schedulers the loop uses (opt_g, opt_d, sched_g, sched_d), says which objects make up its state, and defines one
 training step and one validation; `update` is every optimizer step (zero grad, backward, clip, step, schedule).
-Each step draws its randomness from a generator seeded by (seed, step), and checkpoints hold every network,
-optimizer, scheduler, buffer and RNG state, so a run killed and started again ends with exactly the weights of an
-uninterrupted one.
+Each sample of a step's global batch draws its randomness from a generator seeded by (seed, step, sample), and
+checkpoints hold every network, optimizer, scheduler, buffer and every process's RNG state, so a run killed and
+started again ends with exactly the weights of an uninterrupted one.
+
+Under torchrun (train.distributed) each process makes and trains on its share of the global batch (`make_batch`),
+the trainers wrap G and D separately in DistributedDataParallel (`parallel`), batch statistics that a loss takes
+(RaGAN's mean logits) are taken over the global batch, logged values are averaged over the processes, and rank 0
+alone writes checkpoints, the exported generator, curves, the MLflow run and the progress bar.
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ from torch import nn
 import gan_enhance
 from gan_enhance.config import Params
 from gan_enhance.device import pick_device
+from gan_enhance.errors import GanEnhanceError
 from gan_enhance.kinds import KINDS
 from gan_enhance.models.artifact import ModelCard, save_generator
 from gan_enhance.progress import Progress
 from gan_enhance.tasks import Task, build_task
 from gan_enhance.tracking import git_commit
-from gan_enhance.training.checkpoint import load_latest, restore_rng_state, save_checkpoint
+from gan_enhance.training import distributed
+from gan_enhance.training.checkpoint import load_latest, restore_rng_state, rng_state, save_checkpoint
+from gan_enhance.training.prefetch import Batch, Prefetcher
 from gan_enhance.training.tracker import RunTracker
 from gan_enhance.visual import plot_curves
 
@@ -52,8 +60,14 @@ _BOOKKEEPING = (
     "device",
     "threads",
     "report_dir",
+    "prefetch",
+    "distributed",  # the world size is checked on its own: a checkpoint resumes only with the world that wrote it
 )
 CURVES_FILE = "curves.csv"
+
+
+class TrainingError(GanEnhanceError, RuntimeError):
+    """Training cannot go on as asked; the message says what to change."""
 
 
 def _code_hash() -> str:
@@ -105,7 +119,17 @@ class BaseTrainer(ABC):
             )
         if tp.threads:
             torch.set_num_threads(tp.threads)
+        self.world = distributed.launched_world()
+        if tp.batch_size % self.world.size:
+            raise TrainingError(
+                f"train.batch_size={tp.batch_size} does not split evenly over {self.world.size} processes; set it "
+                f"to a multiple of {self.world.size} or change train.distributed"
+            )
+        self.local_batch = tp.batch_size // self.world.size
         self.device = pick_device(tp.device)
+        if self.device.type == "cuda" and self.world.distributed:
+            self.device = torch.device("cuda", self.world.local_rank)
+        distributed.join(self.world, self.device, tp.distributed.backend)
         self.task: Task = build_task(params.task)
         self.data_hash = self.load_data()
         torch.manual_seed(params.seed)
@@ -115,6 +139,8 @@ class BaseTrainer(ABC):
             raise TypeError(f"{type(self).__name__}.build_networks must set {', '.join(missing)}")
         self.amp = tp.amp and self.device.type == "cuda"
         self.fingerprint = self._fingerprint()
+        if not self.world.main:  # one MLflow run per training: rank 0's
+            tracker = RunTracker(None, "", base)
         self.tracker = tracker or RunTracker.from_params(params, base)
         self.history: list[dict[str, float]] = []
 
@@ -135,7 +161,15 @@ class BaseTrainer(ABC):
         ...
 
     @abstractmethod
-    def train_step(self, step: int) -> dict[str, float]: ...
+    def make_batch(self, step: int) -> Batch:
+        """This process's share (`world.shard`) of the global batch of `step`, as CPU tensors. It runs on the
+        prefetch thread: it must depend on nothing but the step and the data."""
+        ...
+
+    @abstractmethod
+    def train_step(self, step: int, batch: Batch) -> dict[str, float]:
+        """One step on this process's share of the batch; returns the values to log (means over the share)."""
+        ...
 
     @abstractmethod
     def validate(self, step: int) -> dict[str, float]: ...
@@ -163,8 +197,18 @@ class BaseTrainer(ABC):
         from gan_enhance.models.registry import build
 
         arch = getattr(self.params.model, kind)
-        net = build(kind, arch.name, **context, **arch.kwargs).to(self.device)
+        net = distributed.sync_batchnorm(build(kind, arch.name, **context, **arch.kwargs), self.device)
+        net = net.to(self.device)
         return net.to(memory_format=torch.channels_last) if self.device.type == "cuda" else net
+
+    def parallel(self, net: nn.Module, sync_buffers: bool = True) -> nn.Module:
+        """`net` as the training step calls it: under DistributedDataParallel when several processes train.
+        Keep `net` itself for EMA, checkpoints, export and frozen forward passes (a discriminator in the G step)."""
+        return distributed.wrap(net, self.device, sync_buffers)
+
+    def batch_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over the global batch (all processes), with its gradient."""
+        return distributed.global_mean(values)
 
     def optimizer(self, parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, lr=lr, betas=self.params.train.betas)
@@ -208,70 +252,110 @@ class BaseTrainer(ABC):
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any] | None:
+        """The checkpoint's content on rank 0 (None on the others); every rank must call it (RNG states are
+        gathered)."""
+        rngs = distributed.gather_objects(rng_state())
+        if not self.world.main:
+            return None
         return {
             "fingerprint": self.fingerprint,
+            "world_size": self.world.size,
             **{name: obj.state_dict() for name, obj in self.stateful().items()},
             "history": self.history,
             "run_id": self.tracker.run_id,
+            "rng": rngs,
         }
 
-    def _resume(self) -> int:
+    def _latest_matching(self) -> dict[str, Any] | None:
+        """Rank 0: the newest checkpoint made with these params, data and code (others are moved aside)."""
         folder = self.base / self.params.train.checkpoint_dir
-        state = load_latest(folder, map_location=self.device)
+        state = load_latest(folder, map_location="cpu")
+        if state is None or state.get("fingerprint") == self.fingerprint:
+            return state
+        stale = folder / f"stale-{state.get('fingerprint', 'unknown')}"
+        print(f"Checkpoints in {folder} belong to other params or data; moved to {stale}, starting fresh.")
+        stale.mkdir(parents=True, exist_ok=True)
+        for path in folder.glob("step-*.pt"):
+            path.replace(stale / path.name)
+        return None
+
+    def _resume(self) -> int:
+        """Load the newest matching checkpoint (read by rank 0, sent to every rank); returns its step, or 0."""
+        folder = self.base / self.params.train.checkpoint_dir
+        state = distributed.from_main(self._latest_matching() if self.world.main else None)
         if state is None:
             return 0
-        if state.get("fingerprint") != self.fingerprint:
-            stale = folder / f"stale-{state.get('fingerprint', 'unknown')}"
-            print(f"Checkpoints in {folder} belong to other params or data; moved to {stale}, starting fresh.")
-            stale.mkdir(parents=True, exist_ok=True)
-            for path in folder.glob("step-*.pt"):
-                path.replace(stale / path.name)
-            return 0
+        written_by = int(state.get("world_size", 1))
+        if written_by != self.world.size:
+            raise TrainingError(
+                f"the checkpoints in {folder} were written by {written_by} training processes and this run has "
+                f"{self.world.size}: resuming exactly needs the same world; set train.distributed so that "
+                f"nproc_per_node x nnodes = {written_by}, or move {folder} away to start fresh"
+            )
         for name, obj in self.stateful().items():
             obj.load_state_dict(state[name])
         self.history = list(state["history"])
-        restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"][self.world.rank])
         self.tracker.resume(state.get("run_id"))
-        print(f"Resuming from step {state['step']} ({folder}).")
+        if self.world.main:
+            print(f"Resuming from step {state['step']} ({folder}).")
         return int(state["step"])
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train from the newest matching checkpoint to train.steps; rank 0 exports and returns the result (the
+        other ranks return it too, with the model folder rank 0 wrote)."""
+        try:
+            return self._run()
+        finally:
+            distributed.leave()
+
+    def _run(self) -> TrainResult:
         tp = self.params.train
         start = self._resume()
         self.tracker.start(self.params, self.data_hash)
         window: dict[str, list[float]] = defaultdict(list)
-        progress = Progress(tp.steps, initial=start, desc=f"train {self.task.name}")
+        progress = Progress(tp.steps, initial=start, desc=f"train {self.task.name}") if self.world.main else None
+        pin = self.device.type == "cuda"
+        batches = Prefetcher(self.make_batch, start, tp.steps, tp.prefetch, pin=pin)
         t0 = time.perf_counter()
         try:
             for step in range(start, tp.steps):
                 self.set_train_mode()
-                for key, value in self.train_step(step).items():
+                for key, value in self.train_step(step, batches.get(step)).items():
                     window[key].append(value)
                 done = step + 1
                 if done % tp.log_every == 0 or done == tp.steps:
-                    row: dict[str, float] = {
-                        "step": done,
-                        **{k: float(np.mean(v)) for k, v in window.items()},
-                    }
-                    row["lr_g"] = self.sched_g.get_last_lr()[0]
-                    if done % tp.sample_every == 0 or done == tp.steps:
+                    means = distributed.mean_across({k: float(np.mean(v)) for k, v in window.items()}, self.device)
+                    row: dict[str, float] = {"step": done, **means, "lr_g": self.sched_g.get_last_lr()[0]}
+                    if self.world.main and (done % tp.sample_every == 0 or done == tp.steps):
                         row.update(self.validate(done))
                     self.history.append(row)
                     self.tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, done)
-                    progress.show({k: v for k, v in row.items() if k in self.progress_keys})
+                    if progress:
+                        progress.show({k: v for k, v in row.items() if k in self.progress_keys})
                     window.clear()
                 if done % tp.checkpoint_every == 0 or done == tp.steps:
-                    save_checkpoint(self.base / tp.checkpoint_dir, done, self._state(), tp.keep_checkpoints)
-                progress.update()
+                    state = self._state()
+                    if state is not None:
+                        save_checkpoint(self.base / tp.checkpoint_dir, done, state, tp.keep_checkpoints)
+                    distributed.barrier()
+                if progress:
+                    progress.update()
         finally:
-            progress.close()
+            batches.close()
+            if progress:
+                progress.close()
         elapsed = time.perf_counter() - t0
-        model_dir = self._export()
         metrics = {k: v for k, v in (self.history[-1] if self.history else {}).items() if k != "step"}
         metrics["train_seconds"] = elapsed
-        self.tracker.finish(model_dir, self.base / tp.report_dir, metrics)
+        metrics["data_wait_share"] = batches.waited_s / elapsed if elapsed > 0 else 0.0
+        model_dir = self.base / tp.out_dir
+        if self.world.main:
+            model_dir = self._export()
+            self.tracker.finish(model_dir, self.base / tp.report_dir, metrics)
+        distributed.barrier()
         return TrainResult(model_dir, tp.steps, start, self.tracker.run_id, metrics)
 
     def _export(self) -> Path:

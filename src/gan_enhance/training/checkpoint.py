@@ -1,4 +1,5 @@
-"""Checkpoints: everything needed to continue a run bit for bit (nets, optimizers, schedulers, RNG, step).
+"""Checkpoints: everything needed to continue a run bit for bit (nets, optimizers, schedulers, every process's RNG
+state, step).
 
 Files are written to a temporary name and renamed, so a run killed mid-write keeps its previous checkpoint.
 Only tensors and plain containers are stored, and they are loaded with weights_only=True.
@@ -43,10 +44,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write `state` (which holds the RNG states) as the checkpoint of `step`; keep the newest `keep`."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{PREFIX}{step:08d}.pt"
     tmp = path.with_suffix(".tmp")
-    torch.save({**state, "step": step, "rng": rng_state()}, tmp)
+    torch.save({**state, "step": step}, tmp)
     tmp.replace(path)
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)

@@ -13,14 +13,15 @@ import hashlib
 from itertools import chain
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_enhance.data.batches import PatchSampler, load_split, step_rng
+from gan_enhance.data.batches import PatchSampler, load_split, sample_rngs, step_rng
 from gan_enhance.data.prepare import DOMAIN_B_DIR, PrepareError, manifest_hash
 from gan_enhance.tasks import to_tensor
-from gan_enhance.training import losses
+from gan_enhance.training import distributed, losses
 from gan_enhance.training.base import BaseTrainer
 from gan_enhance.training.ema import EMA
 from gan_enhance.training.pool import ImagePool
@@ -54,7 +55,7 @@ class CycleGANTrainer(BaseTrainer):
             self.samplers[domain] = PatchSampler(load_split(folder, "train"), tp.patch_size)
             val_images = [im for im in load_split(folder, "val") if min(im.shape[:2]) >= tp.patch_size]
             sampler = PatchSampler(val_images, tp.patch_size) if val_images else self.samplers[domain]
-            self.val[domain] = to_tensor(sampler.sample(VAL_PATCHES, step_rng(self.params.seed, 0, stream=1 + i)))
+            self.val[domain] = to_tensor(sampler.sample(sample_rngs(self.params.seed, 0, range(VAL_PATCHES), 1 + i)))
         both = "".join(manifest_hash(folder) for folder in folders.values())
         return hashlib.sha256(both.encode()).hexdigest()[:16]
 
@@ -63,6 +64,8 @@ class CycleGANTrainer(BaseTrainer):
         self.G = {"a2b": self.build("generator"), "b2a": self.build("generator")}
         self.D = {"a": self.build("discriminator"), "b": self.build("discriminator")}
         self.ema = {name: EMA(net, tp.ema_halflife_images, tp.ema_rampup) for name, net in self.G.items()}
+        self.G_step = {name: self.parallel(net) for name, net in self.G.items()}
+        self.D_step = {name: self.parallel(net, sync_buffers=False) for name, net in self.D.items()}
         self.opt_g = self.optimizer(chain(*(g.parameters() for g in self.G.values())), tp.lr_g)
         self.opt_d = self.optimizer(chain(*(d.parameters() for d in self.D.values())), tp.lr_d)
         self.sched_g = self.scheduler(self.opt_g, tp.steps)
@@ -94,11 +97,24 @@ class CycleGANTrainer(BaseTrainer):
     def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
         return self.ema[self.task.options.direction].model, {}
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def make_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shard = self.world.shard(self.params.train.batch_size)
+        return tuple(
+            to_tensor(self.samplers[d].sample(sample_rngs(self.params.seed, step, shard, stream=i)))
+            for i, d in enumerate(DOMAINS)
+        )
+
+    def _pooled(self, domain: str, fakes: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """This rank's share of the history buffer's answer for the global batch of fakes (the buffer sees every
+        rank's fakes in rank order, as one process would see the whole batch, and is the same on every rank)."""
+        answer = self.pools[domain].query(distributed.gather(fakes.detach()), rng)
+        return answer[self.world.rank * len(fakes) : (self.world.rank + 1) * len(fakes)]
+
+    def train_step(self, step: int, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
         tp, options = self.params.train, self.task.options
-        rng = step_rng(self.params.seed, step)
-        real = {d: to_tensor(self.samplers[d].sample(tp.batch_size, rng)).to(self.device) for d in DOMAINS}
-        g_ab, g_ba, d_a, d_b = self.G["a2b"], self.G["b2a"], self.D["a"], self.D["b"]
+        real = {d: t.to(self.device, non_blocking=True) for d, t in zip(DOMAINS, batch, strict=True)}
+        g_ab, g_ba = self.G_step["a2b"], self.G_step["b2a"]
+        d_a, d_b = self.D["a"], self.D["b"]  # frozen in the G step, called outside their DDP wrappers
 
         for net in self.D.values():
             net.requires_grad_(False)
@@ -117,10 +133,13 @@ class CycleGANTrainer(BaseTrainer):
 
         for net in self.D.values():
             net.requires_grad_(True)
-        pooled = {"b": self.pools["b"].query(fake_b.detach(), rng), "a": self.pools["a"].query(fake_a.detach(), rng)}
+        rng = step_rng(self.params.seed, step)
+        pooled = {"b": self._pooled("b", fake_b, rng), "a": self._pooled("a", fake_a, rng)}
         with self.autocast():
             loss_d = sum(
-                losses.discriminator_loss("lsgan", self.D[d](real[d])[0].float(), self.D[d](pooled[d])[0].float())
+                losses.discriminator_loss(
+                    "lsgan", self.D_step[d](real[d])[0].float(), self.D_step[d](pooled[d])[0].float()
+                )
                 for d in DOMAINS
             )
         self.update(self.opt_d, self.sched_d, loss_d, *self.D.values())

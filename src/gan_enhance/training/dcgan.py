@@ -1,8 +1,10 @@
 """DCGAN training as in the PyTorch DCGAN example: binary cross-entropy (Goodfellow et al. 2014, the
 non-saturating generator loss), D and G updated once per step on the same batch of fakes.
 
-Each step's images and latents come from a generator seeded by (seed, step), so resuming is exact. The EMA
-generator is exported. The paired trainer's train.* keys (gan_loss, weights, warmup_steps, pixel_loss, r1_gamma)
+Each sample's image and latent come from a generator seeded by (seed, step, sample), so resuming is exact. The EMA
+generator is exported. With several processes on CPU, each BatchNorm normalizes by its own rank's share of the
+batch (torch has no SyncBatchNorm on CPU), so N processes train close to, not exactly like, one (on CUDA the
+networks use SyncBatchNorm). The paired trainer's train.* keys (gan_loss, weights, warmup_steps, pixel_loss, r1_gamma)
 and train.patch_size are not read here (a changed one warns); train.betas = [0.5, 0.999] and lr 2e-4 are the
 paper's settings.
 """
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan_enhance.data.batches import load_split, step_rng
+from gan_enhance.data.batches import load_split, sample_rngs, step_rng
 from gan_enhance.data.prepare import manifest_hash
 from gan_enhance.tasks import to_tensor
 from gan_enhance.training import losses
@@ -44,6 +46,7 @@ class DCGANTrainer(OneGANTrainer):
         self.D = self.build("discriminator", image_size=size)
         self.latent_dim = int(self.G.latent_dim)
         self.ema = EMA(self.G, tp.ema_halflife_images, tp.ema_rampup)
+        self.G_step, self.D_step = self.parallel(self.G), self.parallel(self.D, sync_buffers=False)
         self.opt_g = self.optimizer(self.G.parameters(), tp.lr_g)
         self.opt_d = self.optimizer(self.D.parameters(), tp.lr_d)
         self.sched_g = self.scheduler(self.opt_g, tp.steps)
@@ -58,23 +61,26 @@ class DCGANTrainer(OneGANTrainer):
     def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
         return self.ema.model, {"latent_dim": self.latent_dim}
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def make_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rngs = sample_rngs(self.params.seed, step, self.world.shard(self.params.train.batch_size))
+        picks = [int(rng.integers(len(self.images))) for rng in rngs]
+        latent = np.stack([rng.standard_normal(self.latent_dim, dtype=np.float32) for rng in rngs])
+        return to_tensor(self.images[picks]), torch.from_numpy(latent)
+
+    def train_step(self, step: int, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
         tp = self.params.train
-        rng = step_rng(self.params.seed, step)
-        picks = rng.choice(len(self.images), size=tp.batch_size, replace=len(self.images) < tp.batch_size)
-        real = to_tensor(self.images[picks]).to(self.device)
-        latent = torch.from_numpy(rng.standard_normal((tp.batch_size, self.latent_dim), dtype=np.float32))
+        real, latent = (t.to(self.device, non_blocking=True) for t in batch)
 
         with self.autocast():
-            fake = self.G(latent.to(self.device))
+            fake = self.G_step(latent)
         self.D.requires_grad_(True)
         with self.autocast():
-            real_logits, _ = self.D(real)
-            fake_logits, _ = self.D(fake.detach())
+            real_logits, _ = self.D_step(real)
+            fake_logits, _ = self.D_step(fake.detach())
             loss_d = losses.discriminator_loss("vanilla", real_logits.float(), fake_logits.float())
         self.update(self.opt_d, self.sched_d, loss_d, self.D)
 
-        self.D.requires_grad_(False)
+        self.D.requires_grad_(False)  # frozen, and called outside its DDP wrapper: no gradient to reduce
         with self.autocast():
             fake_logits, _ = self.D(fake)
             loss_g = losses.generator_adv_loss("vanilla", real_logits.detach().float(), fake_logits.float())

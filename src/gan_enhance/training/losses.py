@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+Mean = Callable[[torch.Tensor], torch.Tensor]
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -32,8 +36,9 @@ def pixel_loss(
     raise ValueError(f"unknown pixel loss '{kind}'; use l1 or charbonnier")
 
 
-def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """Loss for D given its logits on real and (detached) fake images."""
+def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor, mean: Mean = torch.mean) -> torch.Tensor:
+    """Loss for D given its logits on real and (detached) fake images. `mean` takes RaGAN's batch means (over the
+    global batch when several processes train)."""
     if kind == "vanilla":
         return F.softplus(-real).mean() + F.softplus(fake).mean()
     if kind == "lsgan":
@@ -41,12 +46,12 @@ def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> tor
     if kind == "hinge":
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
     if kind == "ragan":
-        return 0.5 * (F.softplus(-(real - fake.mean())).mean() + F.softplus(fake - real.mean()).mean())
+        return 0.5 * (F.softplus(-(real - mean(fake))).mean() + F.softplus(fake - mean(real)).mean())
     raise ValueError(f"unknown GAN loss '{kind}'; use vanilla, lsgan, hinge or ragan")
 
 
-def generator_adv_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """Adversarial loss for G given D's logits on real (detached) and fake images."""
+def generator_adv_loss(kind: str, real: torch.Tensor, fake: torch.Tensor, mean: Mean = torch.mean) -> torch.Tensor:
+    """Adversarial loss for G given D's logits on real (detached) and fake images; `mean` as for D."""
     if kind == "vanilla":
         return F.softplus(-fake).mean()
     if kind == "lsgan":
@@ -54,7 +59,7 @@ def generator_adv_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> tor
     if kind == "hinge":
         return -fake.mean()
     if kind == "ragan":
-        return 0.5 * (F.softplus(real - fake.mean()).mean() + F.softplus(-(fake - real.mean())).mean())
+        return 0.5 * (F.softplus(real - mean(fake)).mean() + F.softplus(-(fake - mean(real))).mean())
     raise ValueError(f"unknown GAN loss '{kind}'; use vanilla, lsgan, hinge or ragan")
 
 

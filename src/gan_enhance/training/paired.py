@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan_enhance.data.batches import PatchSampler, load_split, step_rng
+from gan_enhance.data.batches import PatchSampler, load_split, sample_rngs
 from gan_enhance.data.prepare import manifest_hash
 from gan_enhance.models.artifact import PIXEL_TWIN
 from gan_enhance.training import losses
@@ -44,10 +44,8 @@ class PairedTrainer(OneGANTrainer):
             [im for im in val_images if min(im.shape[:2]) >= tp.patch_size] or self.sampler.images,
             tp.patch_size,
         )
-        self.val_input, self.val_target = self.task.training_pair(
-            val_sampler.sample(min(8, tp.batch_size), step_rng(self.params.seed, 0, stream=1)),
-            step_rng(self.params.seed, 0, stream=2),
-        )
+        rngs = sample_rngs(self.params.seed, 0, range(min(8, tp.batch_size)), stream=1)
+        self.val_input, self.val_target = self.task.training_pair(val_sampler.sample(rngs), rngs)
         return manifest_hash(prepared)
 
     def build_networks(self) -> None:
@@ -55,6 +53,7 @@ class PairedTrainer(OneGANTrainer):
         self.G = self.build("generator", scale=self.task.scale, in_channels=self.task.in_channels)
         self.D = self.build("discriminator")
         self.ema = EMA(self.G, tp.ema_halflife_images, tp.ema_rampup)
+        self.G_step, self.D_step = self.parallel(self.G), self.parallel(self.D, sync_buffers=False)
         self.opt_g = self.optimizer(self.G.parameters(), tp.lr_g)
         self.opt_d = self.optimizer(self.D.parameters(), tp.lr_d)
         self.sched_g = self.scheduler(self.opt_g, tp.steps)
@@ -81,11 +80,13 @@ class PairedTrainer(OneGANTrainer):
     def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
         return self.ema.model, {}
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def make_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rngs = sample_rngs(self.params.seed, step, self.world.shard(self.params.train.batch_size))
+        return self.task.training_pair(self.sampler.sample(rngs), rngs)
+
+    def train_step(self, step: int, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
         tp = self.params.train
-        rng = step_rng(self.params.seed, step)
-        inp, target = self.task.training_pair(self.sampler.sample(tp.batch_size, rng), rng)
-        inp, target = inp.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+        inp, target = (t.to(self.device, non_blocking=True) for t in batch)
         if self.device.type == "cuda":
             inp = inp.contiguous(memory_format=torch.channels_last)
             target = target.contiguous(memory_format=torch.channels_last)
@@ -93,14 +94,16 @@ class PairedTrainer(OneGANTrainer):
         adversarial = step >= tp.warmup_steps and (tp.weights.adversarial > 0 or tp.weights.feature_matching > 0)
 
         with self.autocast():
-            fake = self.G(inp)
+            fake = self.G_step(inp)
         if adversarial:
             self.D.requires_grad_(True)
             real_in = target.requires_grad_(tp.r1_gamma > 0)
             with self.autocast():
-                real_logits, _ = self.D(real_in)
-                fake_logits, _ = self.D(fake.detach())
-                loss_d = losses.discriminator_loss(tp.gan_loss, real_logits.float(), fake_logits.float())
+                real_logits, _ = self.D_step(real_in)
+                fake_logits, _ = self.D_step(fake.detach())
+                loss_d = losses.discriminator_loss(
+                    tp.gan_loss, real_logits.float(), fake_logits.float(), mean=self.batch_mean
+                )
             if tp.r1_gamma > 0:
                 r1 = losses.r1_penalty(real_logits.float(), real_in)
                 loss_d = loss_d + 0.5 * tp.r1_gamma * r1
@@ -115,11 +118,13 @@ class PairedTrainer(OneGANTrainer):
             loss_pix = self.task.pixel_loss(pixel, fake.float(), target, inp)
             loss_g = tp.weights.pixel * loss_pix
             if adversarial:
-                self.D.requires_grad_(False)
+                self.D.requires_grad_(False)  # frozen, and called outside its DDP wrapper: no gradient to reduce
                 fake_logits, fake_feats = self.D(fake)
                 with torch.no_grad():
                     real_logits, real_feats = self.D(target)
-                loss_adv = losses.generator_adv_loss(tp.gan_loss, real_logits.float(), fake_logits.float())
+                loss_adv = losses.generator_adv_loss(
+                    tp.gan_loss, real_logits.float(), fake_logits.float(), mean=self.batch_mean
+                )
                 loss_fm = losses.feature_matching_loss(real_feats, fake_feats)
                 loss_g = loss_g + tp.weights.adversarial * loss_adv + tp.weights.feature_matching * loss_fm
                 logs["loss_adv"], logs["loss_fm"] = loss_adv.item(), loss_fm.item()
@@ -130,7 +135,7 @@ class PairedTrainer(OneGANTrainer):
                     loss_g = loss_g + tp.weights.artifact * loss_art
                     logs["loss_artifact"] = loss_art.item()
         self.update(self.opt_g, self.sched_g, loss_g, self.G)
-        self.ema.update(self.G, tp.batch_size, (step + 1) * tp.batch_size)
+        self.ema.update(self.G, tp.batch_size, (step + 1) * tp.batch_size)  # global batch: the same on every rank
         if self.twin is not None and step + 1 == tp.warmup_steps:
             self.twin.load_state_dict(self.ema.model.state_dict())
         logs["loss_pixel"], logs["loss_g"] = loss_pix.item(), loss_g.item()

@@ -24,7 +24,7 @@ class ImagePool:
                 out.append(image)
             elif rng.random() < 0.5:
                 index = int(rng.integers(self.size))
-                out.append(self.images[index])
+                out.append(self.images[index].to(image.device))  # a resumed pool is loaded on the CPU
                 self.images[index] = image.clone()
             else:
                 out.append(image)
