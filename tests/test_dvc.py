@@ -86,3 +86,17 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(dvc_repo: Path):
     )
     assert bad.returncode != 0
     assert "train.gan_loss" in bad.stdout + bad.stderr and "'hinge'" in bad.stdout + bad.stderr
+
+
+def test_dvc_exp_run_trains_with_two_processes(dvc_repo: Path):
+    """`dvc exp run -S train.distributed.nproc_per_node=2`: the train stage launches itself through torchrun's elastic
+    launcher (2 processes of 1 thread) and the pipeline goes on to evaluate the model rank 0 exported."""
+    dvc = str(BIN / "dvc")
+    _run(["git", "add", "-A"], dvc_repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], dvc_repo)
+    output = _run([dvc, "exp", "run", "-S", "train.distributed.nproc_per_node=2", "-S", "train.threads=1"], dvc_repo)
+    assert "Training with 2 processes" in output and "Running stage 'evaluate'" in output
+    assert json.loads((dvc_repo / "reports/eval/metrics.json").read_text())["model"]["psnr"] > 0
+    applied = yaml.safe_load((dvc_repo / "params.yaml").read_text())["train"]["distributed"]
+    assert applied["nproc_per_node"] == 2
+    assert "nproc_per_node" in _run([dvc, "exp", "show", "--md"], dvc_repo)
