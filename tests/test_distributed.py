@@ -78,11 +78,22 @@ def _train(root: Path, processes: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _trained(root: Path, processes: int, *extra: str) -> str:
-    proc = _train(root, processes, *extra)
-    output, _ = proc.communicate(timeout=600)
+def _finished(proc: subprocess.Popen, timeout_s: float = 600) -> str:
+    """The launcher's output once it exits 0; on a timeout its workers and it are killed and the test fails."""
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"training did not end within {timeout_s} s:\n{output[-5000:]}")
     assert proc.returncode == 0, output
     return output
+
+
+def _trained(root: Path, processes: int, *extra: str) -> str:
+    return _finished(_train(root, processes, *extra))
 
 
 def _final_state(root: Path) -> dict:
@@ -148,8 +159,7 @@ def test_a_killed_rank_restarts_the_group_which_resumes_to_the_same_weights(
         time.sleep(0.05)
     assert victim is not None, "no rank-1 worker found"
     victim.send_signal(signal.SIGKILL)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output
+    output = _finished(proc)
     assert "Resuming from step" in output
     resumed_at = int(output.split("Resuming from step ")[1].split()[0])
     assert 10 <= resumed_at < 30, output
