@@ -3,6 +3,8 @@
     python -m flows.deployments serve    # make flows-serve: this process runs the schedules (flow.serve)
     python -m flows.deployments deploy   # make flows-deploy: deployments on a `process` work pool, which
                                          # `make flows-worker` (prefect worker start --pool gan-enhance) executes
+    python -m flows.deployments deploy --pool-type kubernetes --pool gpu-k8s --image REGISTRY/gan-enhance-train:TAG
+                                         # retrain on a Kubernetes work pool whose pods get GPUs (flows/README.md)
 
 Both register `retrain` with a cron schedule (default nightly at 03:00 UTC) and `evaluate-champion` on a benchmark
 folder (no schedule unless --evaluate-cron is given; run it by hand). The retrain deployments take one run at a time
@@ -85,6 +87,47 @@ def ensure_process_pool(name: str) -> None:
             pass
 
 
+def ensure_kubernetes_pool(name: str, image: str, gpus: int) -> None:
+    """Create the `kubernetes` work pool with the GPU base job template (gan_enhance.launch.kubernetes) unless it
+    exists."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from gan_enhance.launch.kubernetes import ClusterSettings, base_job_template
+
+    template = base_job_template(ClusterSettings(image=image, gpus=gpus))
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="kubernetes", base_job_template=template))
+            print(f"created work pool '{name}' (type kubernetes, {gpus} GPU(s) per flow run)")
+        except ObjectAlreadyExists:
+            pass
+
+
+def deploy_kubernetes(args: argparse.Namespace) -> None:
+    """Retrain on the Kubernetes pool: each flow run is a pod of the training image with `--gpus` GPUs, which pulls
+    the DVC outputs before the run and pushes them after it. evaluate-champion needs no GPU: it stays on the
+    process pool (`make flows-deploy`)."""
+    if not args.image:
+        raise SystemExit("error: --pool-type kubernetes needs --image (the training image, deploy/k8s/Containerfile)")
+    ensure_kubernetes_pool(args.pool, args.image, args.gpus)
+    retrain.deploy(
+        name=f"{RETRAIN_NAME}-gpu",
+        work_pool_name=args.pool,
+        image=args.image,
+        build=False,
+        push=False,
+        schedules=_schedules(args.cron, args.timezone),
+        # a bento built in the pod would be lost with it: the serving side rebuilds on the champion alias
+        parameters={"repo": args.repo_dir, "build_bento": False},
+        concurrency_limit=ONE_AT_A_TIME,
+        job_variables={"gpu_count": args.gpus},
+        tags=[*TAGS, "retrain", "gpu"],
+        description="Retrain on a GPU pod of the Kubernetes pool; DVC outputs go back through the DVC remote.",
+    )
+
+
 def deploy_all(args: argparse.Namespace) -> None:
     """The same two deployments on a work pool: a worker polling the pool runs each flow run in a child process
     with this checkout as its working directory (Docker or Kubernetes pools: see flows/README.md)."""
@@ -117,7 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate-cron", default="", help="evaluate-champion schedule (default: none)")
     parser.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help="benchmark folder for evaluate-champion")
     parser.add_argument("--repo", type=Path, default=REPO, help="project root the flows work on")
-    parser.add_argument("--pool", default=POOL, help="work pool for `deploy` (created as type process if missing)")
+    parser.add_argument("--pool", default=POOL, help="work pool for `deploy` (created if missing)")
+    parser.add_argument(
+        "--pool-type",
+        choices=("process", "kubernetes"),
+        default="process",
+        help="process: both flows in child processes of a worker on this checkout; kubernetes: retrain in GPU pods",
+    )
+    parser.add_argument("--image", default="", help="kubernetes: the training image with the project checkout")
+    parser.add_argument("--gpus", type=int, default=1, help="kubernetes: nvidia.com/gpu per flow run (default: 1)")
+    parser.add_argument("--repo-dir", default="/app", help="kubernetes: the checkout inside the image")
     args = parser.parse_args(argv)
     args.cron = args.cron or None
     args.evaluate_cron = args.evaluate_cron or None
@@ -130,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    (serve_all if args.command == "serve" else deploy_all)(args)
+    if args.command == "serve":
+        serve_all(args)
+    else:
+        (deploy_kubernetes if args.pool_type == "kubernetes" else deploy_all)(args)
     return 0
 
 
