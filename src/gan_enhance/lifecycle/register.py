@@ -54,6 +54,11 @@ RUNTIME_PACKAGES = ("torch", "numpy", "safetensors", "pillow")
 
 
 ALIAS_ATTEMPTS = 4
+# The tracking server or its database away (a restart): MLflow's client retries each request with back-off for
+# minutes first; then the whole registration, which is idempotent, is tried again before it fails.
+REGISTER_ATTEMPTS = 3
+RETRY_DELAY_S = 2.0
+TRANSIENT_ERRORS = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 
 
 @dataclass(frozen=True)
@@ -294,17 +299,11 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
     Path(tmp.name).replace(path)
 
 
-def register(params: Params, base: Path = Path(".")) -> Registration:
-    """The register stage; writes params.registry.record and returns what it did."""
-    name = registered_model_name(params)
-    record_path = base / params.registry.record
-    if not params.tracking.enabled:
-        reason = "tracking.enabled is false, so there is no MLflow registry to register in"
-        write_record(record_path, {"model_name": name, "version": None, "reason": reason})
-        return Registration("skipped", name, reason=reason)
-    submission = gather_submission(params, base)
-    client = client_for(params.tracking.uri, base)
-
+def _register_version(
+    client: MlflowClient, name: str, submission: Submission, params: Params, base: Path
+) -> tuple[ModelVersion, Literal["registered", "unchanged"]]:
+    """The version holding this model (logged and created unless its key is registered already), challenger unless
+    it is champion. Idempotent: run again after a failure, it finds what the failed attempt made."""
     status: Literal["registered", "unchanged"] = "unchanged"
     existing = _same_model(client, name, submission.key)
     if existing:
@@ -319,6 +318,33 @@ def register(params: Params, base: Path = Path(".")) -> Registration:
             version, status = client.get_model_version(name, first.version), "unchanged"
     if CHAMPION not in version.aliases:
         _make_challenger(client, name, version)
+    return version, status
+
+
+def register(params: Params, base: Path = Path(".")) -> Registration:
+    """The register stage; writes params.registry.record and returns what it did."""
+    name = registered_model_name(params)
+    record_path = base / params.registry.record
+    if not params.tracking.enabled:
+        reason = "tracking.enabled is false, so there is no MLflow registry to register in"
+        write_record(record_path, {"model_name": name, "version": None, "reason": reason})
+        return Registration("skipped", name, reason=reason)
+    submission = gather_submission(params, base)
+    client = client_for(params.tracking.uri, base)
+    for attempt in range(1, REGISTER_ATTEMPTS + 1):
+        try:
+            version, status = _register_version(client, name, submission, params, base)
+            break
+        except MlflowException as exc:
+            if exc.error_code not in TRANSIENT_ERRORS:
+                raise
+            if attempt == REGISTER_ATTEMPTS:
+                raise RegistryError(
+                    f"registering '{name}' at {client.tracking_uri} failed {attempt} times, last: {str(exc)[:500]}; "
+                    "nothing was promoted and the champion is unchanged; run the registration again once the server "
+                    "and its database answer (a version already made for this model is reused, not duplicated)"
+                ) from exc
+            time.sleep(RETRY_DELAY_S * 2 ** (attempt - 1))
     write_record(
         record_path,
         {

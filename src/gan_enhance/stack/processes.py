@@ -1,0 +1,121 @@
+"""Detached server processes that outlive the command that started them: each runs in its own session, and a pid
+file records its pid and its start time, so that `stop` finds it again and a stale file (the process gone, or
+its pid reused by another) is recognised and removed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat fields after the command name (state first), None when there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (with the pid, it names one process), None if gone."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None
+
+
+def alive(pid: int, started: str | None = None) -> bool:
+    """Whether `pid` runs (a zombie does not) and, given `started`, is the process that started then."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return started is None or fields[19] == started
+
+
+def read_pid_file(pid_file: Path) -> tuple[int, str] | None:
+    """(pid, start time) recorded in `pid_file`, None when there is none or it is unreadable."""
+    try:
+        pid, started = pid_file.read_text().split()
+        return int(pid), started
+    except (OSError, ValueError):
+        return None
+
+
+def running_pid(pid_file: Path) -> int | None:
+    """The pid recorded in `pid_file` when that process still runs; a stale file is removed."""
+    record = read_pid_file(pid_file)
+    if record and alive(*record):
+        return record[0]
+    pid_file.unlink(missing_ok=True)
+    return None
+
+
+def start_detached(command: list[str], env: dict[str, str], log: Path, pid_file: Path) -> subprocess.Popen:
+    """Start `command` in a session of its own (output appended to `log`) and record it in `pid_file`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pid_file.write_text(f"{process.pid} {start_time(process.pid)}\n")
+    return process
+
+
+def stop_pid_file(pid_file: Path, timeout_s: float = 30.0) -> str:
+    """SIGTERM to the recorded process's group, SIGKILL after `timeout_s`; the pid file is removed. Returns what
+    happened: 'stopped', 'killed', 'not running' or 'stale pid file removed'."""
+    record = read_pid_file(pid_file)
+    if record is None:
+        pid_file.unlink(missing_ok=True)
+        return "not running"
+    pid, started = record
+    if not alive(pid, started):
+        pid_file.unlink(missing_ok=True)
+        return "stale pid file removed"
+    outcome = "stopped"
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while alive(pid, started):
+            _reap(pid)
+            if time.monotonic() >= deadline:
+                os.killpg(pid, signal.SIGKILL)
+                outcome = "killed"
+                deadline = time.monotonic() + 10
+            time.sleep(0.2)
+    _reap(pid)
+    pid_file.unlink(missing_ok=True)
+    return outcome
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the process is this one's child (started by `up` in this process)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of `pid` and all its descendants, MiB."""
+    children: dict[int, list[int]] = {}
+    rss_pages: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            rss_pages[int(entry.name)] = int(fields[21])
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += rss_pages.get(current, 0)
+        todo.extend(children.get(current, []))
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
