@@ -7,7 +7,7 @@
    import just made).
 3. export: `bentoml export` to <out>/<bento name>-<bento version>.bento.
 4. check: the Containerfile `bentoml containerize` would use (written to <out>/Containerfile) and the bento's
-   Python requirements are checked (there is no Docker daemon here to build the image).
+   Python requirements are checked. `make container` (gan_enhance.serving.container) builds and runs the image.
 
     .venv/bin/python -m gan_enhance.serving.bento [--params params.yaml] [--out dist]
 """
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +26,7 @@ from gan_enhance.device import disable_telemetry
 from gan_enhance.serving.model import BENTO_MODEL, generator_dir
 
 BENTOFILE = Path("serving/bentofile.yaml")
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # serving/bentofile.yaml's UV_EXTRA_INDEX_URL
 
 
 CONTAINERFILE_PROBLEMS = 3  # built and exported, but the Containerfile check found problems (1 is a crash)
@@ -137,7 +136,9 @@ def check_container(bento: Any, out_dir: Path, archive: Path | None = None) -> C
         "port 3000 exposed": "EXPOSE 3000" in text,
         "the entry point starts the bento": "ENTRYPOINT" in text and "entrypoint.sh" in text,
         "torch pinned": any(line.startswith("torch==") for line in requirements),
-        "the CPU torch index": "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements,
+        # a build argument rather than a requirements.txt line, so that a build can swap in a local wheel folder
+        "the CPU torch index (ARG UV_EXTRA_INDEX_URL)": f"ARG UV_EXTRA_INDEX_URL={CPU_TORCH_INDEX}" in text,
+        "a wheel folder can stand in for it (ARG UV_FIND_LINKS)": "ARG UV_FIND_LINKS" in text,
         "no mlflow, dvc or prefect in the image": not any(
             line.startswith(("mlflow", "dvc", "prefect")) for line in requirements
         ),
@@ -172,16 +173,6 @@ def export_and_check(bento: Any, out_dir: Path) -> ContainerCheck:
     except BaseException:
         bentoml.bentos.delete(bento.tag)
         raise
-
-
-def docker_daemon() -> bool:
-    """Whether `docker info` reaches a daemon (what `bentoml containerize` needs)."""
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,9 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ok: {fact}")
     for problem in check.problems:
         print(f"  MISSING: {problem}", file=sys.stderr)
-    print(f"Containerfile: {check.containerfile} (build it with `bentoml containerize {bento.tag}` where Docker runs)")
-    if not docker_daemon():
-        print("no Docker daemon here: the image was not built; serving/README.md says what was checked instead")
+    print(f"Containerfile: {check.containerfile} (`make container` builds, runs and checks the image)")
     return CONTAINERFILE_PROBLEMS if check.problems else 0
 
 
