@@ -19,7 +19,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .DEFAULT_GOAL := help
 
 help:  ## list the targets (this)
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z_-]+):.*## /\1\t/' | \
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z0-9_-]+):.*## /\1\t/' | \
 		awk -F'\t' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
@@ -34,7 +34,7 @@ run: install  ## set up, then run the whole pipeline on the embedded default
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-test: install lint browser  ## set up, then lint and run the test suite
+test: install lint browser stack-tools container-tools  ## set up, then lint and run the test suite
 	$(BIN)/pytest
 
 test-fast: install lint  ## the development loop: lint and every test not marked slow (about a minute; CI runs all)
@@ -72,6 +72,48 @@ bento: install  ## import the registry's champion into BentoML, `bentoml build`,
 serve: install  ## serve the last built bento on http://127.0.0.1:$(SERVE_PORT) (Swagger UI at /); `make bento` first
 	$(BIN)/bentoml serve gan-enhance:latest --host 127.0.0.1 --port $(SERVE_PORT)
 
+# --- the bento as a container image: serving/README.md, "The container" -------------------------------------------
+# CONTAINER_ARGS: e.g. --tool podman, --base local (build the Debian base here), -e GAN_ENHANCE_SERVE_WORKERS=2, --gpus
+CONTAINER_ARGS ?=
+CONTAINER_PACKAGES := podman buildah mmdebstrap runc fuse-overlayfs slirp4netns uidmap containernetworking-plugins \
+	golang-github-containers-common conmon
+container container-run: export BENTOML_HOME ?= $(CURDIR)/bentoml_home
+
+.PHONY: container container-run container-tools
+container: bento  ## build the bento's OCI image (docker, podman or buildah), run it on 127.0.0.1, check /enhance
+	$(BIN)/python -m gan_enhance.serving.container check $(CONTAINER_ARGS)
+
+container-run: install  ## serve the image `make container` built on http://127.0.0.1:$(SERVE_PORT) (Ctrl+C stops it)
+	$(BIN)/python -m gan_enhance.serving.container run --port $(SERVE_PORT) $(CONTAINER_ARGS)
+
+container-tools:  ## podman, buildah, mmdebstrap (Debian packages) for `make container`; nothing to do when they are there
+	@command -v podman >/dev/null 2>&1 && command -v buildah >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(CONTAINER_PACKAGES); }
+
+# --- promotion deploys: the service follows `champion` (serving/README.md, "Promotion deploys") ---------------------
+DEPLOY_PORT ?= 3000
+DEPLOY_CONTROL_PORT ?= 3001
+DEPLOY_POLL ?= 30
+# DEPLOY_ARGS: e.g. --params other.yaml, --model-name NAME, --tracking-uri http://127.0.0.1:5000, --no-webhook
+DEPLOY_ARGS ?=
+deploy: export BENTOML_HOME ?= $(CURDIR)/bentoml_home
+# `make ui` is a tracking server the deployer registers its webhook on: let it call a receiver on 127.0.0.1, see a
+# new webhook within seconds (it caches the list for 60 s by default), and give it a fixed key for the webhook
+# secrets it stores (generated once into a git-ignored file), or after a restart it can no longer read them
+WEBHOOK_KEY_FILE := .deployer/mlflow-webhook-key
+ui: export MLFLOW_WEBHOOK_ALLOWED_SCHEMES ?= http,https
+ui: export MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS ?= true
+ui: export MLFLOW_WEBHOOK_CACHE_TTL ?= 5
+ui: export MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY ?= $(shell test -s $(WEBHOOK_KEY_FILE) || { mkdir -p $(dir \
+	$(WEBHOOK_KEY_FILE)) && umask 077 && $(PYTHON) -c 'import base64, os; \
+	print(base64.urlsafe_b64encode(os.urandom(32)).decode())' > $(WEBHOOK_KEY_FILE); }; cat $(WEBHOOK_KEY_FILE))
+
+.PHONY: deploy
+deploy: install  ## serve the champion on http://127.0.0.1:$(DEPLOY_PORT); rebuild and switch over whenever it moves
+	$(BIN)/python -m gan_enhance.serving.deployer --port $(DEPLOY_PORT) --control-port $(DEPLOY_CONTROL_PORT) \
+		--poll-interval $(DEPLOY_POLL) $(DEPLOY_ARGS)
+
 # --- scheduled retraining (Prefect): flows/README.md ---------------------------------------------------------------
 PREFECT_PORT ?= 4200
 PREFECT_POOL ?= gan-enhance
@@ -103,3 +145,34 @@ retrain: install  ## one retrain now (in the UI when `make prefect-server` runs)
 
 evaluate-champion: install  ## re-evaluate the champion on ../shared/datasets/Set14 (EVALUATE_ARGS=--benchmark DIR)
 	$(BIN)/python -m flows.evaluate_champion $(EVALUATE_ARGS)
+
+# --- the team stack: PostgreSQL, an S3 store, MLflow and Prefect on 127.0.0.1 (README.md, "The team stack") -------
+# STACK_ENV: the generated settings and secrets; STACK_DIR, STACK_*_PORT in the environment choose them on first up
+STACK_ENV ?= .env
+STACK_CMD := $(BIN)/python -m gan_enhance.stack
+
+.PHONY: stack-up stack-down stack-status stack-tools
+stack-up: install stack-tools  ## start PostgreSQL, the S3 store, MLflow and Prefect (data in .stack/, secrets in $(STACK_ENV))
+	$(STACK_CMD) up --env-file $(STACK_ENV)
+
+stack-down: install  ## stop the team stack (its data stays)
+	$(STACK_CMD) down --env-file $(STACK_ENV)
+
+stack-status: install  ## each team-stack service: running or not, pid, memory, URL
+	$(STACK_CMD) status --env-file $(STACK_ENV)
+
+stack-tools:  ## PostgreSQL's server and docker-compose (checks deploy/compose.yaml), from Debian; nothing when present
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
+	@command -v docker-compose >/dev/null 2>&1 || { $(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose; }
+
+# --- training beyond one machine (Kubernetes): flows/README.md, "GPUs and several machines" ------------------------
+K8S_IMAGE ?= registry.example.com/gan-enhance-train:latest
+# K8S_ARGS: e.g. --nodes 4 --gpus 8 --namespace ml --dvc-remote-url s3://dvc/gan-enhance --node-selector KEY=VALUE
+K8S_ARGS ?= --nodes 2 --gpus 4
+
+.PHONY: k8s-manifests
+k8s-manifests: install  ## write deploy/k8s/: the GPU work pool's base job template and a multi-node PyTorchJob
+	$(BIN)/python -m gan_enhance.launch.kubernetes --image $(K8S_IMAGE) --out deploy/k8s $(K8S_ARGS)
