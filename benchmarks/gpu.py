@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 import yaml
 
@@ -223,10 +224,19 @@ def cli_images_per_s(
     for key, value in settings.items():
         command += ["-S", f"{key}={json.dumps(value)}"]
     env = {**os.environ, **TELEMETRY_OFF, "GAN_ENHANCE_PROGRESS_SECONDS": "3600"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
-    if done.returncode:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise RuntimeError(f"`gan-enhance train` with {processes} process(es) exited {done.returncode}:\n{tail}")
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        # the launcher's workers run in sessions of their own: kill them by name, or they keep the GPUs busy
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.communicate()
+        raise
+    if proc.returncode:
+        tail = "\n".join(output.splitlines()[-15:])
+        raise RuntimeError(f"`gan-enhance train` with {processes} process(es) exited {proc.returncode}:\n{tail}")
     stamps = {int(p.stem.split("-")[1]): p.stat().st_mtime for p in list_checkpoints(work / "checkpoints")}
     return settings["train.batch_size"] * warmup / (stamps[2 * warmup] - stamps[warmup])
 

@@ -87,7 +87,7 @@ def ensure_process_pool(name: str) -> None:
             pass
 
 
-def ensure_kubernetes_pool(name: str, image: str, gpus: int) -> None:
+def ensure_kubernetes_pool(name: str, image: str, gpus: int, repo_dir: str) -> None:
     """Create the `kubernetes` work pool with the GPU base job template (gan_enhance.launch.kubernetes) unless it
     exists."""
     from prefect.client.orchestration import get_client
@@ -96,7 +96,7 @@ def ensure_kubernetes_pool(name: str, image: str, gpus: int) -> None:
 
     from gan_enhance.launch.kubernetes import ClusterSettings, base_job_template
 
-    template = base_job_template(ClusterSettings(image=image, gpus=gpus))
+    template = base_job_template(ClusterSettings(image=image, gpus=gpus, repo_dir=repo_dir))
     with get_client(sync_client=True) as client:
         try:
             client.create_work_pool(WorkPoolCreate(name=name, type="kubernetes", base_job_template=template))
@@ -111,7 +111,7 @@ def deploy_kubernetes(args: argparse.Namespace) -> None:
     process pool (`make flows-deploy`)."""
     if not args.image:
         raise SystemExit("error: --pool-type kubernetes needs --image (the training image, deploy/k8s/Containerfile)")
-    ensure_kubernetes_pool(args.pool, args.image, args.gpus)
+    ensure_kubernetes_pool(args.pool, args.image, args.gpus, args.repo_dir)
     retrain.deploy(
         name=f"{RETRAIN_NAME}-gpu",
         work_pool_name=args.pool,
@@ -122,7 +122,7 @@ def deploy_kubernetes(args: argparse.Namespace) -> None:
         # a bento built in the pod would be lost with it: the serving side rebuilds on the champion alias
         parameters={"repo": args.repo_dir, "build_bento": False},
         concurrency_limit=ONE_AT_A_TIME,
-        job_variables={"gpu_count": args.gpus},
+        job_variables={"gpu_count": args.gpus, "repo_dir": args.repo_dir},  # the pod's working dir = the flow's repo
         tags=[*TAGS, "retrain", "gpu"],
         description="Retrain on a GPU pod of the Kubernetes pool; DVC outputs go back through the DVC remote.",
     )

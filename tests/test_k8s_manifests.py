@@ -294,6 +294,6 @@ def test_deployments_put_retrain_on_the_kubernetes_gpu_pool(tmp_path: Path):
         k8s.ClusterSettings(image="registry.example.com/train:1", gpus=2)
     )
     assert deployment.work_pool_name == "gpu" and deployment.parameters == {"repo": "/app", "build_bento": False}
-    assert deployment.job_variables == {"gpu_count": 2, "image": "registry.example.com/train:1"}
+    assert deployment.job_variables == {"gpu_count": 2, "repo_dir": "/app", "image": "registry.example.com/train:1"}
     assert deployment.entrypoint == "flows/retrain.py:retrain"  # found in the image's checkout, the pod's workdir
     assert deployment.global_concurrency_limit.limit == 1

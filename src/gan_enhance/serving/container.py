@@ -277,7 +277,10 @@ def cpu_torch_wheels(version: str, python_version: str) -> Path | None:
     platforms = [arg for minor in range(36, 16, -1) for arg in ("--platform", f"manylinux_2_{minor}_{arch}")]
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
     command += ["--implementation", "cp", "--python-version", python_version, *platforms, "--dest", str(folder)]
-    done = subprocess.run([*command, f"torch=={version}+cpu"], capture_output=True, text=True, timeout=1800)
+    try:
+        done = subprocess.run([*command, f"torch=={version}+cpu"], capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        return None
     return folder if done.returncode == 0 else None
 
 

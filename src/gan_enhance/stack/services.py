@@ -335,6 +335,11 @@ class MlflowServer(Daemon):
             **self.settings.s3_credentials(),
             "MLFLOW_S3_ENDPOINT_URL": self.settings.s3_url,
             "PGPASSWORD": self.settings.db_password,
+            # webhooks (the deployer's receiver on 127.0.0.1, plain http), seen within seconds of their creation
+            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+            "MLFLOW_WEBHOOK_CACHE_TTL": "5",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": self.settings.values["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"],
         }
 
 

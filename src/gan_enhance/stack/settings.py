@@ -4,6 +4,7 @@ secret. The same file feeds deploy/compose.yaml (`--env-file .env`)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import stat
@@ -119,6 +120,9 @@ def _generated(env_file: Path, environ: dict[str, str]) -> dict[str, str]:
             "STACK_DB_PASSWORD": secrets.token_hex(24),
             "AWS_ACCESS_KEY_ID": "GE" + secrets.token_hex(9).upper(),
             "AWS_SECRET_ACCESS_KEY": secrets.token_hex(32),
+            # the key MLflow encrypts stored webhook secrets with (a Fernet key): fixed, so that both workers and
+            # a restarted server can read the deployer's webhook
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         }
     )
     return values
@@ -171,6 +175,7 @@ REQUIRED = (
     "STACK_DB_PASSWORD",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY",
 )
 
 

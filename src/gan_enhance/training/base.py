@@ -304,8 +304,8 @@ class BaseTrainer(ABC):
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        """Train from the newest matching checkpoint to train.steps; rank 0 exports and returns the result (the
-        other ranks return it too, with the model folder rank 0 wrote)."""
+        """Train from the newest matching checkpoint to train.steps; rank 0 exports. Every rank returns the result
+        (the other ranks without waiting for rank 0's export: their model folder is the one it writes)."""
         try:
             return self._run()
         finally:
@@ -355,7 +355,6 @@ class BaseTrainer(ABC):
         if self.world.main:
             model_dir = self._export()
             self.tracker.finish(model_dir, self.base / tp.report_dir, metrics)
-        distributed.barrier()
         return TrainResult(model_dir, tp.steps, start, self.tracker.run_id, metrics)
 
     def _export(self) -> Path:

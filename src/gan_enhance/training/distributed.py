@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+# how long a rank waits for the others at a collective: rank 0 alone talks to MLflow and writes checkpoints, and a
+# slow tracking server must not make the others give up (NCCL's default is 10 minutes)
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ def join(world: World, device: torch.device, backend: str = "auto") -> None:
         torch.cuda.set_device(device)
     dist.init_process_group(
         backend,
+        timeout=COLLECTIVE_TIMEOUT,
         store=_attempt_store(world),
         rank=world.rank,
         world_size=world.size,

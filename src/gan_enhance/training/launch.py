@@ -10,10 +10,12 @@ of GPUs, the backend, the batch's split over the processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,21 @@ def _failure_message(exc: Exception) -> str:
     return f"rank {rank} (exit code {failure.exitcode}): {message}"
 
 
+@contextlib.contextmanager
+def _worker_threads(threads: str) -> Iterator[None]:
+    """OMP_NUM_THREADS for the workers the launcher starts (a value already set wins), restored on the way out, so
+    that nothing else this process starts later inherits it."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+
+
 def launch(params: Params, base: Path = Path(".")) -> TrainResult:
     """Train with train.distributed's processes; returns rank 0's result (on a node without rank 0: the model
     folder, with no run id or metrics)."""
@@ -103,8 +120,8 @@ def launch(params: Params, base: Path = Path(".")) -> TrainResult:
         monitor_interval=0.5,
         start_method="spawn",
     )
-    os.environ.setdefault("OMP_NUM_THREADS", _threads_per_process(params, nproc))
-    with tempfile.TemporaryDirectory(prefix="gan-enhance-launch-") as tmp:
+    threads = _threads_per_process(params, nproc)
+    with _worker_threads(threads), tempfile.TemporaryDirectory(prefix="gan-enhance-launch-") as tmp:
         params_file, result_file = Path(tmp) / "params.json", Path(tmp) / "result.json"
         params_file.write_text(json.dumps(params.model_dump(mode="json")))
         print(f"Training with {world} processes ({nproc} per node x {dp.nnodes} node(s), restarts {dp.max_restarts}).")
