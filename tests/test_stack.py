@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -31,9 +32,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from gan_enhance.servers import free_port
-from gan_enhance.stack import services
-from gan_enhance.stack.processes import running_pid, start_detached, stop_pid_file
-from gan_enhance.stack.settings import DEFAULT_PORTS, StackError, StackSettings, load_settings
+from gan_enhance.stack import processes, services
+from gan_enhance.stack.processes import group_members, running_pid, start_detached, stop_pid_file
+from gan_enhance.stack.settings import DEFAULT_PORTS, S3_INTERNAL_PORTS, StackError, StackSettings, load_settings
 
 from .conftest import REPO, tiny_params_tree
 
@@ -42,12 +43,14 @@ BIN = Path(sys.executable).parent
 COMPOSE = REPO / "deploy" / "compose.yaml"
 MODEL = "team-sr-x2"
 SERVE_ENV = {"GAN_ENHANCE_SERVE_DEVICE": "cpu", "GAN_ENHANCE_SERVE_TILE": "0", "GAN_ENHANCE_SERVE_TORCH_THREADS": "1"}
+UP_TIMEOUT_S = 900  # three readiness waits of services.READY_TIMEOUT_S at most, and initdb
+DOWN_TIMEOUT_S = 300
 
 
 def _ports_env(root: Path) -> dict[str, str]:
     """STACK_* choices for a new .env: the folder under `root` and free ports (the defaults may be taken)."""
     ports = {key: str(free_port()) for key in DEFAULT_PORTS}
-    internal = ",".join(str(free_port()) for _ in range(9))
+    internal = ",".join(str(free_port()) for _ in range(S3_INTERNAL_PORTS))
     return {"STACK_DIR": str(root / "data"), **ports, "STACK_S3_INTERNAL_PORTS": internal}
 
 
@@ -105,8 +108,71 @@ def test_pid_files_stop_the_process_group_and_stale_ones_are_recognised(tmp_path
     assert running_pid(pid_file) is None and not pid_file.exists()
     pid_file.write_text(f"{os.getpid()} 1\n")  # a pid now used by another process (another start time)
     assert stop_pid_file(pid_file) == "stale pid file removed"
-    assert os.getpid() == psutil.Process().pid  # this process was not signalled
     assert stop_pid_file(pid_file) == "not running"
+
+
+def _start_term_proof_child(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """A group whose leader ends on SIGTERM and whose child (`sleep`) ignores it; returns once the child runs."""
+    pid_file = tmp_path / "group.pid"
+    process = start_detached(
+        ["bash", "-c", "(trap '' TERM; sleep 300) & wait"], dict(os.environ), tmp_path / "log", pid_file
+    )
+    deadline = time.monotonic() + 10
+    while not any(psutil.Process(pid).name() == "sleep" for pid in group_members(process.pid)):
+        assert time.monotonic() < deadline, "the child did not start"
+        time.sleep(0.05)
+    return process, pid_file
+
+
+def test_stop_ends_the_whole_group_and_gives_up_when_sigkill_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    process, pid_file = _start_term_proof_child(tmp_path)
+    assert stop_pid_file(pid_file, timeout_s=0.5) == "killed"  # the leader went on SIGTERM, the child did not
+    assert not group_members(process.pid) and not pid_file.exists()
+
+    process, pid_file = _start_term_proof_child(tmp_path)
+    killpg = os.killpg
+    monkeypatch.setattr(processes.os, "killpg", lambda pgid, sig: sig == signal.SIGKILL or killpg(pgid, sig))
+    outcome = stop_pid_file(pid_file, timeout_s=0.5, kill_timeout_s=0.5)  # a group that outlives SIGKILL
+    assert outcome.startswith("still running after SIGKILL: pids") and pid_file.exists()
+    monkeypatch.undo()
+    assert stop_pid_file(pid_file, timeout_s=0.5) == "killed"  # the leader gone, its group still found
+    assert not group_members(process.pid)
+
+
+class _Mute(services.Daemon):
+    """A server that never answers its health URL."""
+
+    name = "mute"
+
+    def __init__(self, settings: StackSettings, port: int) -> None:
+        super().__init__(settings)
+        self.url = f"http://127.0.0.1:{port}"
+        self.health_url = f"{self.url}/health"
+
+    def command(self) -> list[str]:
+        return ["sleep", "300"]
+
+
+def test_a_server_that_does_not_answer_is_stopped_or_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(services, "READY_TIMEOUT_S", 1.0)
+    settings = StackSettings(tmp_path / ".env", {"STACK_DIR": str(tmp_path)})
+    port = free_port()
+    started = _Mute(settings, port)
+    started.start()
+    with pytest.raises(StackError, match=r"mute did not start.*not ready after 1 s"):
+        started.wait_ready()
+    assert started.process.poll() is not None and not started.pid_file.exists()  # the next `up` starts it anew
+
+    earlier = start_detached(["sleep", "300"], dict(os.environ), started.log, started.pid_file)  # an earlier `up`
+    try:
+        again = _Mute(settings, port)
+        again.start()
+        assert again.process is None  # running already: not started twice, but awaited all the same
+        with pytest.raises(StackError, match=rf"(?s)mute runs \(pid {earlier.pid}\) but does not answer.*restart mute"):
+            again.wait_ready()
+        assert running_pid(started.pid_file) == earlier.pid
+    finally:
+        stop_pid_file(started.pid_file)
 
 
 def _compose_command() -> list[str] | None:
@@ -161,15 +227,18 @@ def stack() -> Iterator[StackSettings]:
     env_file = root / ".env"
     env = {**os.environ, **_ports_env(root)}
     began = time.monotonic()
-    up = subprocess.run([*STACK, "up", "--env-file", str(env_file)], env=env, capture_output=True, text=True)
-    assert up.returncode == 0, up.stdout + up.stderr
-    print(f"stack up in {time.monotonic() - began:.1f} s:\n{up.stdout}")
-    settings = load_settings(env_file)
     try:
-        yield settings
-    finally:
-        down = subprocess.run([*STACK, "down", "--env-file", str(env_file)], capture_output=True, text=True)
-        shutil.rmtree(root, ignore_errors=True)
+        command = [*STACK, "up", "--env-file", str(env_file)]
+        up = subprocess.run(command, env=env, capture_output=True, text=True, timeout=UP_TIMEOUT_S)
+        assert up.returncode == 0, up.stdout + up.stderr
+        print(f"stack up in {time.monotonic() - began:.1f} s:\n{up.stdout}")
+        yield load_settings(env_file)
+    finally:  # also after a failed `up`: what it started is stopped (by the pid files) and the folder removed
+        try:
+            command = [*STACK, "down", "--env-file", str(env_file)]
+            down = subprocess.run(command, capture_output=True, text=True, timeout=DOWN_TIMEOUT_S)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
     assert down.returncode == 0 and down.stdout.count("stopped") == 4, down.stdout + down.stderr
 
 
@@ -297,9 +366,15 @@ def test_concurrent_registrations_number_versions_once_each(stack: StackSettings
     name = "team-concurrent"
     projects = [_variant(champion, tmp_path / f"v{seed}", seed) for seed in (1, 2)]
     twin = _variant(champion, tmp_path / "twin", 1)  # the same model as v1, registered at the same time
-    processes = [_register_process(project, name) for project in [*projects, twin]]
-    outputs = [process.communicate(timeout=300)[0] for process in processes]
-    assert all(process.returncode == 0 for process in processes), outputs
+    registrations = [_register_process(project, name) for project in [*projects, twin]]
+    deadline = time.monotonic() + 300
+    try:
+        outputs = [process.communicate(timeout=max(deadline - time.monotonic(), 0))[0] for process in registrations]
+    except subprocess.TimeoutExpired:
+        for process in registrations:
+            process.kill()
+        pytest.fail(f"registrations still running after 300 s: {[p.communicate()[0] for p in registrations]}")
+    assert all(process.returncode == 0 for process in registrations), outputs
 
     versions = _registry(stack).search_model_versions(f"name = '{name}'")
     # the twins may both create a version; the later one is deleted again (a number is never reused)
@@ -342,10 +417,11 @@ def test_postgres_stopped_during_a_registration_loses_nothing(
         assert worker.is_alive() and time.monotonic() < deadline, outcome
         time.sleep(0.1)
     postgres = services.by_name(stack, "postgres")  # the registration's run exists: it is under way
-    assert postgres.stop() == "stopped"
-    assert worker.is_alive()  # the outage began before the registration ended
-    time.sleep(3)
-    postgres.start()
+    try:
+        assert postgres.stop() == "stopped"
+        time.sleep(3)
+    finally:
+        postgres.start()
     worker.join(timeout=600)
     assert not worker.is_alive()
     server_log = (stack.dir / "mlflow" / "mlflow.log").read_text()
@@ -371,8 +447,8 @@ def test_postgres_stopped_during_a_registration_loses_nothing(
     monkeypatch.setattr(register_module, "RETRY_DELAY_S", 0.2)
     late = _variant(champion, tmp_path / "late", 8)
     late_params = load_params(late / "params.yaml")
-    postgres.stop()
     try:
+        assert postgres.stop() == "stopped"
         with pytest.raises(RegistryError, match=r"failed 3 times.*champion is unchanged.*again"):
             register(late_params, base=late)
     finally:

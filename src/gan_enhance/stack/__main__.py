@@ -3,7 +3,9 @@ Prefect) on 127.0.0.1, configured by one generated .env file."""
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -32,20 +34,23 @@ EnvFile = Annotated[
 ]
 
 
-def _fail(exc: GanEnhanceError) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """A GanEnhanceError ends the command with its message and exit status 2, without a traceback."""
+    try:
+        yield
+    except GanEnhanceError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
 
 
 @app.command()
 def up(env_file: EnvFile = DEFAULT_ENV_FILE) -> None:
     """Start every service that is not running (generating the .env on first use) and wait until each answers."""
     disable_telemetry()
-    try:
+    with _reported():
         settings = load_settings(env_file, create=True)
         timings = services.up(settings)
-    except GanEnhanceError as exc:
-        _fail(exc)
     for state in services.status(settings):
         typer.echo(f"{state.name:9} ready after {timings[state.name]:5.1f} s  {state.url}")
     typer.echo(f"data in {settings.dir}; settings in {settings.env_file}")
@@ -55,10 +60,8 @@ def up(env_file: EnvFile = DEFAULT_ENV_FILE) -> None:
 @app.command()
 def down(env_file: EnvFile = DEFAULT_ENV_FILE) -> None:
     """Stop every service (the data stays)."""
-    try:
+    with _reported():
         outcomes = services.down(load_settings(env_file))
-    except GanEnhanceError as exc:
-        _fail(exc)
     for name, outcome in outcomes.items():
         typer.echo(f"{name:9} {outcome}")
 
@@ -66,10 +69,8 @@ def down(env_file: EnvFile = DEFAULT_ENV_FILE) -> None:
 @app.command()
 def status(env_file: EnvFile = DEFAULT_ENV_FILE) -> None:
     """Each service: running or not, its pid, URL and resident memory; exit 1 unless all run."""
-    try:
+    with _reported():
         states = services.status(load_settings(env_file))
-    except GanEnhanceError as exc:
-        _fail(exc)
     for state in states:
         shown = f"running  pid {state.pid:<8} {state.rss_mib:6.0f} MiB" if state.running else "stopped" + " " * 28
         typer.echo(f"{state.name:9} {shown}  {state.url}")
@@ -80,10 +81,8 @@ def status(env_file: EnvFile = DEFAULT_ENV_FILE) -> None:
 @app.command()
 def env(env_file: EnvFile = DEFAULT_ENV_FILE) -> None:
     """Print the exports that point MLflow, Prefect, DVC's S3 remote and boto3 at the stack."""
-    try:
+    with _reported():
         settings = load_settings(env_file)
-    except GanEnhanceError as exc:
-        _fail(exc)
     for key, value in settings.client_env().items():
         typer.echo(f"export {key}={shlex.quote(value)}")
 
@@ -95,10 +94,8 @@ def restart(
 ) -> None:
     """Stop and start one service."""
     disable_telemetry()
-    try:
+    with _reported():
         away = services.restart(load_settings(env_file), service)
-    except GanEnhanceError as exc:
-        _fail(exc)
     typer.echo(f"{service} restarted ({away:.1f} s)")
 
 

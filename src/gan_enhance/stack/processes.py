@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -44,15 +45,6 @@ def read_pid_file(pid_file: Path) -> tuple[int, str] | None:
         return None
 
 
-def running_pid(pid_file: Path) -> int | None:
-    """The pid recorded in `pid_file` when that process still runs; a stale file is removed."""
-    record = read_pid_file(pid_file)
-    if record and alive(*record):
-        return record[0]
-    pid_file.unlink(missing_ok=True)
-    return None
-
-
 def start_detached(command: list[str], env: dict[str, str], log: Path, pid_file: Path) -> subprocess.Popen:
     """Start `command` in a session of its own (output appended to `log`) and record it in `pid_file`."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -69,31 +61,84 @@ def start_detached(command: list[str], env: dict[str, str], log: Path, pid_file:
     return process
 
 
-def stop_pid_file(pid_file: Path, timeout_s: float = 30.0) -> str:
-    """SIGTERM to the recorded process's group, SIGKILL after `timeout_s`; the pid file is removed. Returns what
-    happened: 'stopped', 'killed', 'not running' or 'stale pid file removed'."""
+@dataclass(frozen=True)
+class RecordedProcess:
+    """A process known by its pid file, with the part of `subprocess.Popen` that servers.wait_healthy uses: a
+    server that an earlier command started is awaited like a new one."""
+
+    pid: int
+    started: str
+    args: list[str]
+
+    def poll(self) -> int | None:
+        """None while the process runs, else -1 (its exit status belongs to another parent)."""
+        return None if alive(self.pid, self.started) else -1
+
+
+def recorded_process(pid_file: Path) -> RecordedProcess | None:
+    """The running process that `pid_file` (named after its service) records, None when there is none; a stale
+    file is removed."""
+    record = read_pid_file(pid_file)
+    if record is None or not alive(*record):
+        pid_file.unlink(missing_ok=True)
+        return None
+    return RecordedProcess(*record, args=[pid_file.stem])
+
+
+def running_pid(pid_file: Path) -> int | None:
+    """The pid recorded in `pid_file` when that process still runs; a stale file is removed."""
+    process = recorded_process(pid_file)
+    return process.pid if process else None
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def stop_pid_file(pid_file: Path, timeout_s: float = 30.0, kill_timeout_s: float = 10.0) -> str:
+    """SIGTERM to the recorded process's group (its own: started with a session of its own), SIGKILL to the group
+    after `timeout_s`; done when no process of the group is left, the pid file then removed. Returns what happened:
+    'stopped', 'killed', 'not running', 'stale pid file removed', or, when the group outlives SIGKILL by
+    `kill_timeout_s` (a process stuck in the kernel), a sentence naming its pids (the pid file stays)."""
     record = read_pid_file(pid_file)
     if record is None:
         pid_file.unlink(missing_ok=True)
         return "not running"
     pid, started = record
-    if not alive(pid, started):
+    _reap(pid)
+    leader = start_time(pid)
+    # the group is this record's while the leader runs, or, with the leader gone, while members are left: the
+    # kernel hands out no pid that a live process group still uses
+    if (leader is not None and leader != started) or not group_members(pid):
         pid_file.unlink(missing_ok=True)
         return "stale pid file removed"
-    outcome = "stopped"
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while alive(pid, started):
-            _reap(pid)
-            if time.monotonic() >= deadline:
-                os.killpg(pid, signal.SIGKILL)
-                outcome = "killed"
-                deadline = time.monotonic() + 10
-            time.sleep(0.2)
-    _reap(pid)
-    pid_file.unlink(missing_ok=True)
-    return outcome
+    for sig, outcome, wait_s in ((signal.SIGTERM, "stopped", timeout_s), (signal.SIGKILL, "killed", kill_timeout_s)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        if _group_ended(pid, wait_s):
+            pid_file.unlink(missing_ok=True)
+            return outcome
+    left = group_members(pid)
+    return f"still running after SIGKILL: pids {' '.join(map(str, left))} (see `ps -o pid,stat,cmd -g {pid}`)"
+
+
+def _group_ended(pgid: int, timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for process group `pgid` to have no live process; whether it has none."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _reap(pgid)
+        if not group_members(pgid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def _reap(pid: int) -> None:

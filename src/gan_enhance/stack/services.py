@@ -17,7 +17,14 @@ from pathlib import Path
 from gan_enhance.device import TELEMETRY_OFF
 from gan_enhance.lifecycle.server import HOST, NO_JOB_RUNNER
 from gan_enhance.servers import wait_healthy
-from gan_enhance.stack.processes import alive, running_pid, start_detached, stop_pid_file, tree_rss_mib
+from gan_enhance.stack.processes import (
+    alive,
+    recorded_process,
+    running_pid,
+    start_detached,
+    stop_pid_file,
+    tree_rss_mib,
+)
 from gan_enhance.stack.settings import (
     DVC_BUCKET,
     MLFLOW_BUCKET,
@@ -90,18 +97,21 @@ class Postgres:
 
     def _init(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        password_file = self.home / ".initdb-password"
-        password_file.write_text(self.settings.values["POSTGRES_PASSWORD"] + "\n")
-        password_file.chmod(0o600)
         if os.geteuid() == 0:
             shutil.chown(self.home, "postgres")
-            shutil.chown(password_file, "postgres")
             if subprocess.run([*_as_postgres(), "test", "-w", str(self.home)]).returncode != 0:
                 raise StackError(
                     f"the system user 'postgres' cannot write {self.home}: a folder above it is closed to others; "
                     "put the stack elsewhere (STACK_DIR in the .env) or `chmod o+x` the folders above it"
                 )
+        password_file = self.home / ".initdb-password"
+        password_file.unlink(missing_ok=True)  # O_CREAT keeps an old file's mode: the file is always a new one
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            with os.fdopen(fd, "w") as out:
+                out.write(self.settings.values["POSTGRES_PASSWORD"] + "\n")
+            if os.geteuid() == 0:
+                shutil.chown(password_file, "postgres")
             self._pg(
                 "initdb",
                 "-D",
@@ -202,11 +212,21 @@ class Daemon:
             self.process = start_detached(self.command(), self.env(), self.log, self.pid_file)
 
     def wait_ready(self) -> None:
-        if self.process is not None:
-            try:
-                wait_healthy(self.process, self.health_url, READY_TIMEOUT_S, self.log)
-            except RuntimeError as exc:
-                raise StackError(f"{self.name} did not start (log: {self.log}): {exc}") from None
+        """Wait until the health URL answers, whether this command started the server or an earlier one did. One
+        that this command started and that does not answer is stopped again (its pid file removed)."""
+        process = self.process or recorded_process(self.pid_file)
+        if process is None:
+            raise StackError(f"{self.name} is not running; start it with `python -m gan_enhance.stack up`")
+        try:
+            wait_healthy(process, self.health_url, READY_TIMEOUT_S, self.log)
+        except RuntimeError as exc:
+            if self.process is None:
+                raise StackError(
+                    f"{self.name} runs (pid {process.pid}) but does not answer (log: {self.log}): {exc}\n"
+                    f"restart it: python -m gan_enhance.stack restart {self.name}"
+                ) from None
+            outcome = self.stop()
+            raise StackError(f"{self.name} did not start (its process: {outcome}; log: {self.log}): {exc}") from None
         self.after_ready()
 
     def stop(self) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gan_enhance.errors import GanEnhanceError
-from gan_enhance.lifecycle.server import HOST
+from gan_enhance.lifecycle.server import HOST, port_in_use
 from gan_enhance.servers import free_port
 
 DEFAULT_ENV_FILE = Path(".env")
@@ -98,14 +98,14 @@ class StackSettings:
         }
 
 
-def _generated(env_file: Path, environ: dict[str, str]) -> dict[str, str]:
+def _generated(environ: dict[str, str]) -> dict[str, str]:
     """A new .env's values: STACK_* from `environ` where given, else the defaults (a default port that is taken
     becomes a free one); fresh random secrets."""
     values = {"STACK_DIR": str(Path(environ.get("STACK_DIR", DEFAULT_DIR)).resolve())}
     taken: set[int] = set()
     for key, default in DEFAULT_PORTS.items():
         port = int(environ.get(key, default))
-        if key not in environ and (port_busy(port) or port in taken):
+        if key not in environ and (port_in_use(port) or port in taken):
             port = _free_port_not_in(taken)
         taken.add(port)
         values[key] = str(port)
@@ -134,12 +134,6 @@ def _free_port_not_in(taken: set[int]) -> int:
         if port not in taken:
             taken.add(port)
             return port
-
-
-def port_busy(port: int) -> bool:
-    from gan_enhance.lifecycle.server import port_in_use
-
-    return port_in_use(port)
 
 
 def write_env_file(env_file: Path, values: dict[str, str]) -> None:
@@ -187,7 +181,7 @@ def load_settings(env_file: Path = DEFAULT_ENV_FILE, create: bool = False) -> St
     if not env_file.is_file():
         if not create:
             raise StackError(f"no stack settings at {env_file}; start the stack with `make stack-up` first")
-        write_env_file(env_file, _generated(env_file, dict(os.environ)))
+        write_env_file(env_file, _generated(dict(os.environ)))
     mode = stat.S_IMODE(env_file.stat().st_mode)
     if mode & 0o077:
         raise StackError(f"{env_file} holds secrets but is readable by others (mode {mode:o}); chmod 600 {env_file}")
