@@ -1,6 +1,6 @@
 """Training scaling on this machine: steps/s and images/s of the train stage with 1 and 2 processes (torch.distributed,
-gloo, 1 thread each), the scaling efficiency, and the share of step time spent waiting for the next batch, with the
-batch made ahead on a thread (train.prefetch=2) and made inline (prefetch=0).
+gloo, 1 thread each by default), the scaling efficiency, and the share of step time spent waiting for the next batch,
+with the batch made ahead on a thread (train.prefetch=2) and made inline (prefetch=0).
 
 Each measurement is a real `gan_enhance.training.stage.train` call (the 2-process one launches itself through
 torchrun's elastic launcher) from a fresh checkpoint folder, with the same global batch; steps/s comes from rank 0's
@@ -72,14 +72,14 @@ class Measured:
         return self.steps_per_s * self.batch
 
 
-def _params(work: Path, extra: dict[str, Any], setting: Setting, steps: int) -> Params:
+def _params(work: Path, extra: dict[str, Any], setting: Setting, steps: int, threads: int) -> Params:
     return work_params(
         work,
         {
             **extra,
             "train.steps": steps,
             "train.warmup_steps": steps if setting.phase == "warm-up" else 0,
-            "train.threads": 1,
+            "train.threads": threads,
             "train.prefetch": setting.prefetch,
             "train.distributed.nproc_per_node": setting.processes,
             "train.checkpoint_every": steps,
@@ -89,12 +89,14 @@ def _params(work: Path, extra: dict[str, Any], setting: Setting, steps: int) -> 
     )
 
 
-def measure(work: Path, extra: dict[str, Any], settings: list[Setting], steps: int, rounds: int) -> list[Measured]:
+def measure(
+    work: Path, extra: dict[str, Any], settings: list[Setting], steps: int, rounds: int, threads: int
+) -> list[Measured]:
     batch = work_params(work, extra).train.batch_size
     results = {s.label: Measured(s.phase, s.processes, s.prefetch, steps, batch, [], [], []) for s in settings}
     for r in range(rounds):
         for setting in settings if r % 2 == 0 else list(reversed(settings)):
-            params = _params(work, extra, setting, steps)
+            params = _params(work, extra, setting, steps, threads)
             shutil.rmtree(params.train.checkpoint_dir, ignore_errors=True)
             started = time.perf_counter()
             result = train(params, base=REPO)
@@ -130,12 +132,13 @@ def table(results: list[Measured]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="steps/s and images/s of the train stage with 1 and 2 processes (1 thread each), the scaling "
+        description="steps/s and images/s of the train stage with 1 and 2 processes (--threads each), the scaling "
         "efficiency, and the share of the loop spent waiting for batches; writes train_scaling.md and .json.",
     )
     parser.add_argument("--steps", type=int, default=30, help="training steps per run (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="repeats of every setting (default: %(default)s)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="world sizes (default: 1 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default: %(default)s)")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[2, 0], help="train.prefetch values (default: 2 0)")
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES, help="training phases")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="params overrides (dotted keys)")
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = [Setting(ph, n, pf) for ph in args.phases for pf in args.prefetch for n in args.processes]
     info = machine()
     started = time.perf_counter()
-    results = measure(work, extra, settings, args.steps, args.rounds)
+    results = measure(work, extra, settings, args.steps, args.rounds, args.threads)
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     info["wall_seconds"] = round(time.perf_counter() - started, 1)
     rendered = table(results)
@@ -161,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": describe_model(base),
         "steps": args.steps,
         "rounds": args.rounds,
+        "threads_per_process": args.threads,
         "results": [{**asdict(m), "steps_per_s": m.steps_per_s, "images_per_s": m.images_per_s} for m in results],
     }
     (args.out / "train_scaling.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -168,9 +172,10 @@ def main(argv: list[str] | None = None) -> None:
         "# Training scaling: 1 and 2 processes on this machine\n\n"
         f"{machine_line(info)}.\n"
         f"Model: {describe_model(base)} (global batch; each of N processes trains batch / N). {args.steps} steps per "
-        f"run, {args.rounds} round(s) per setting (order alternating), fastest round kept. Every process runs 1 torch "
-        "thread. steps/s from rank 0's training loop; scaling efficiency = images/s(N) / (N x images/s(1)) at the "
-        "same prefetch; waiting for data = share of the loop spent waiting for the next batch (prefetch 0: making it)."
+        f"run, {args.rounds} round(s) per setting (order alternating), fastest round kept. Every process runs "
+        f"{args.threads} torch thread(s). steps/s from rank 0's training loop; scaling efficiency = images/s(N) / "
+        "(N x images/s(1)) at the same prefetch; waiting for data = share of the loop spent waiting for the next "
+        "batch (prefetch 0: making it)."
         f"\n\n{rendered}\n"
     )
     print(f"wrote {args.out / 'train_scaling.md'} and .json in {info['wall_seconds']} s")

@@ -146,7 +146,8 @@ def test_a_killed_rank_restarts_the_group_which_resumes_to_the_same_weights(
     paired_runs: dict[int, Path], tmp_path: Path, tiny_source: Path
 ):
     folder = _project(tmp_path / "killed", tiny_source, PAIRED)
-    proc = _train(folder, 2, "-S", "train.distributed.max_restarts=1")
+    # batches made on the prefetch thread here, inline in the reference run: what is trained must not differ
+    proc = _train(folder, 2, "-S", "train.distributed.max_restarts=1", "-S", "train.prefetch=2")
     deadline = time.monotonic() + 300
     victim = None
     while victim is None and time.monotonic() < deadline:

@@ -239,8 +239,10 @@ class TrainParams(_Section):
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads per process; None: torch's default (cores / processes when several)."
     )
-    prefetch: int = Field(
-        2, ge=0, le=64, description="Batches made ahead of the training step by a background thread; 0: inline."
+    prefetch: int | Literal["auto"] = Field(
+        "auto",
+        description="Batches made ahead of the training step by a background thread; 0: inline; 'auto': 2 on "
+        "CUDA, 0 on the CPU (where torch's threads take every core, and one more thread slows the step).",
     )
     distributed: DistributedParams = DistributedParams()
 
@@ -248,6 +250,12 @@ class TrainParams(_Section):
     def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
         if not all(0 <= b < 1 for b in value):
             raise ValueError(f"betas must each lie in [0, 1); got {list(value)}")
+        return value
+
+    @field_validator("prefetch")
+    def _prefetch_depth(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 64:
+            raise ValueError(f"prefetch must be 0-64 batches or 'auto'; got {value}")
         return value
 
 

@@ -317,8 +317,9 @@ class BaseTrainer(ABC):
         self.tracker.start(self.params, self.data_hash)
         window: dict[str, list[float]] = defaultdict(list)
         progress = Progress(tp.steps, initial=start, desc=f"train {self.task.name}") if self.world.main else None
-        pin = self.device.type == "cuda"
-        batches = Prefetcher(self.make_batch, start, tp.steps, tp.prefetch, pin=pin)
+        on_cuda = self.device.type == "cuda"
+        depth = tp.prefetch if tp.prefetch != "auto" else (2 if on_cuda else 0)
+        batches = Prefetcher(self.make_batch, start, tp.steps, depth, pin=on_cuda)
         t0 = time.perf_counter()
         try:
             for step in range(start, tp.steps):
