@@ -66,6 +66,7 @@ class TrainSpeed:
     step_ms: float
     peak_memory_mib: float | None  # torch.cuda.max_memory_allocated over construction and training
     steps_timed: int
+    data_wait_share: float  # share of the training loop spent waiting for the next batch (train.prefetch: auto)
 
 
 @dataclass
@@ -164,6 +165,7 @@ def train_speed(params: Params, warmup: int, precision: str) -> tuple[TrainSpeed
         step_ms=1000 * seconds / timed_steps,
         peak_memory_mib=_peak_mib(device),
         steps_timed=timed_steps,
+        data_wait_share=result.metrics["data_wait_share"],
     )
     return speed, result.model_dir
 
@@ -320,14 +322,16 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def table(results: list[TaskResult]) -> str:
     lines = [
         "| task: model | batch | fp32 images/s | bf16 images/s | bf16 speed-up | peak memory fp32 / bf16 (MiB) "
-        "| DDP: processes, images/s (1 -> N) | scaling efficiency | Enhancer MP/s (input) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| waiting for data fp32 / bf16 | DDP: processes, images/s (1 -> N) | scaling efficiency "
+        "| Enhancer MP/s (input) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         by = {s.precision: s for s in r.train}
         fp32, bf16 = by.get("fp32"), by.get("bf16")
         speedup = bf16.images_per_s / fp32.images_per_s if fp32 and bf16 else None
         memory = " / ".join(_fmt(s.peak_memory_mib, 0) if s else "-" for s in (fp32, bf16))
+        waiting = " / ".join(f"{100 * s.data_wait_share:.1f} %" if s else "-" for s in (fp32, bf16))
         ddp = r.ddp
         ddp_cell = (
             f"{ddp.processes}: {_fmt(ddp.images_per_s_1)} -> {_fmt(ddp.images_per_s_n)}"
@@ -338,7 +342,7 @@ def table(results: list[TaskResult]) -> str:
         enhance = f"{_fmt(r.enhance.megapixels_per_s, 2)} ({r.enhance.what})" if r.enhance else "-"
         lines.append(
             f"| {r.task}: {r.model} | {r.batch} | {_fmt(fp32.images_per_s if fp32 else None)} "
-            f"| {_fmt(bf16.images_per_s if bf16 else None)} | {_fmt(speedup, 2)} | {memory} | {ddp_cell} "
+            f"| {_fmt(bf16.images_per_s if bf16 else None)} | {_fmt(speedup, 2)} | {memory} | {waiting} | {ddp_cell} "
             f"| {_fmt(ddp.efficiency if ddp else None, 2)} | {enhance} |"
         )
     return "\n".join(lines)

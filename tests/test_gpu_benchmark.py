@@ -43,6 +43,7 @@ def test_every_measurement_runs_on_tiny_step_counts(device: str, tmp_path: Path)
         assert speed["steps_timed"] == 2 and speed["images_per_s"] > 0
         assert (speed["peak_memory_mib"] is None) == (device == "cpu")
         assert speed["step_ms"] == pytest.approx(1000 * 16 / speed["images_per_s"])
+        assert 0 <= speed["data_wait_share"] < 1
     assert result["enhance"]["what"] == "48 x 48 input" and result["enhance"]["megapixels_per_s"] > 0
     if not with_ddp:
         assert result["ddp"]["note"] == "1 GPU visible: DDP scaling needs 2 or more"
