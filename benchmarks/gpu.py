@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 import yaml
 
@@ -44,6 +43,7 @@ from gan_enhance.data.prepare import prepare_stage
 from gan_enhance.device import TELEMETRY_OFF, disable_telemetry
 from gan_enhance.inference.base import Enhancer
 from gan_enhance.kinds import KINDS
+from gan_enhance.servers import kill_tree
 from gan_enhance.tasks import build_task
 from gan_enhance.training.checkpoint import list_checkpoints
 
@@ -230,11 +230,7 @@ def cli_images_per_s(
     try:
         output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        # the launcher's workers run in sessions of their own: kill them by name, or they keep the GPUs busy
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            child.kill()
-        proc.kill()
-        proc.communicate()
+        kill_tree(proc)  # the launcher's workers run in sessions of their own: else they keep the GPUs busy
         raise
     if proc.returncode:
         tail = "\n".join(output.splitlines()[-15:])

@@ -19,6 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from gan_enhance.config import load_params
+from gan_enhance.servers import kill_tree
 from gan_enhance.training.checkpoint import list_checkpoints, load_latest
 from gan_enhance.training.launch import TrainingError, check_world, processes_per_node
 
@@ -83,10 +84,7 @@ def _finished(proc: subprocess.Popen, timeout_s: float = 600) -> str:
     try:
         output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            child.kill()
-        proc.kill()
-        output, _ = proc.communicate()
+        output = kill_tree(proc)
         pytest.fail(f"training did not end within {timeout_s} s:\n{output[-5000:]}")
     assert proc.returncode == 0, output
     return output

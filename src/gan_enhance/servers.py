@@ -52,6 +52,20 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
+def kill_tree(process: subprocess.Popen) -> str:
+    """SIGKILL `process` and every process below it, including those in sessions of their own (torchrun's workers
+    are), and return what it had written to its stdout pipe."""
+    import psutil
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+    process.kill()
+    output, _ = process.communicate()
+    return output or ""
+
+
 @contextlib.contextmanager
 def server_process(
     command: list[str],
