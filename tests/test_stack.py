@@ -319,9 +319,7 @@ def test_register_promote_load_by_alias_and_serve(
 ):
     from gan_enhance.lifecycle.registry import load_enhancer
     from gan_enhance.serving.bento import import_champion
-    from gan_enhance.serving.local import bentoml_home
-
-    from .serving_support import serve
+    from gan_enhance.serving.local import bentoml_home, serve_process
 
     version = _registry(stack).get_model_version_by_alias(MODEL, "champion")
     assert str(version.version) == champion["version"] == "1"
@@ -333,7 +331,9 @@ def test_register_promote_load_by_alias_and_serve(
 
     with bentoml_home(tmp_path / "bentoml"):
         import_champion(MODEL)
-        with serve(env=SERVE_ENV) as url:
+        # a server process of its own: the service module imported in this process by other tests resolved
+        # `gan-enhance-champion:latest` in their BentoML home
+        with serve_process(env=SERVE_ENV) as (url, _):
             buffer = io.BytesIO()
             Image.fromarray(_photo()).save(buffer, "PNG")
             response = httpx.post(f"{url}/enhance", files={"image": ("in.png", buffer.getvalue())}, timeout=120)
