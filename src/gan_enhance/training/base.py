@@ -70,6 +70,16 @@ class TrainingError(GanEnhanceError, RuntimeError):
     """Training cannot go on as asked; the message says what to change."""
 
 
+def check_batch_split(batch_size: int, world: int) -> None:
+    """TrainingError unless the global batch splits evenly over `world` processes."""
+    if batch_size % world:
+        multiple = -(-batch_size // world) * world
+        raise TrainingError(
+            f"train.batch_size={batch_size} does not split evenly over {world} processes; set it to a multiple "
+            f"of {world} (e.g. {multiple}) or change train.distributed.nproc_per_node / nnodes"
+        )
+
+
 def _code_hash() -> str:
     """Hash of the code that shapes the weights: a checkpoint made by other code is not resumed."""
     package = Path(gan_enhance.__file__).parent
@@ -120,12 +130,7 @@ class BaseTrainer(ABC):
         if tp.threads:
             torch.set_num_threads(tp.threads)
         self.world = distributed.launched_world()
-        if tp.batch_size % self.world.size:
-            raise TrainingError(
-                f"train.batch_size={tp.batch_size} does not split evenly over {self.world.size} processes; set it "
-                f"to a multiple of {self.world.size} or change train.distributed"
-            )
-        self.local_batch = tp.batch_size // self.world.size
+        check_batch_split(tp.batch_size, self.world.size)  # again here: torchrun may start the ranks directly
         self.device = pick_device(tp.device)
         if self.device.type == "cuda" and self.world.distributed:
             self.device = torch.device("cuda", self.world.local_rank)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from gan_enhance.config import Params
-from gan_enhance.training.base import TrainingError, TrainResult
+from gan_enhance.training.base import TrainingError, TrainResult, check_batch_split
 
 WORKER_MODULE = "gan_enhance.training.stage"
 
@@ -55,12 +55,7 @@ def check_world(params: Params) -> int:
     """The world size, after the checks that need no data: the batch splits evenly, the backend fits the device."""
     world = world_size(params)
     tp = params.train
-    if tp.batch_size % world:
-        multiple = -(-tp.batch_size // world) * world
-        raise TrainingError(
-            f"train.batch_size={tp.batch_size} does not split evenly over {world} processes; set it to a multiple "
-            f"of {world} (e.g. {multiple}) or change train.distributed.nproc_per_node / nnodes"
-        )
+    check_batch_split(tp.batch_size, world)
     if tp.distributed.backend == "nccl" and not _uses_cuda(params):
         raise TrainingError("train.distributed.backend=nccl needs CUDA GPUs; use auto or gloo to train on the CPU")
     return world
