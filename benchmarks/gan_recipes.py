@@ -45,7 +45,15 @@ RECIPES = CONFIGS / "gan_recipes.yaml"
 OUT = WORK / "gan_recipes"
 SUMMARY = "summary.json"
 # what the adversarial phase alone reads: recipes differing only here share the pixel-loss phase
-ADVERSARIAL_ONLY = {"lr_d", "gan_loss", "pixel_lowpass", "r1_gamma", "checkpoint_every", "keep_checkpoints"}
+ADVERSARIAL_ONLY = {
+    "lr_d",
+    "gan_loss",
+    "pixel_lowpass",
+    "r1_gamma",
+    "conditional_discriminator",
+    "checkpoint_every",
+    "keep_checkpoints",
+}
 SHOWN = [(metric, baseline) for baseline in ("bicubic", "pixel_only") for metric in ("psnr", "fid", "kid")]
 
 
@@ -84,8 +92,12 @@ def seed_pixel_phase(trainer: PairedTrainer, cached: Path) -> None:
     torch.save(state, folder / f"{PREFIX}{trainer.params.train.warmup_steps:08d}.pt")
 
 
-def run_recipe(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Train (sharing the pixel-loss phase where possible) and evaluate one recipe; its summary."""
+TRAINED = "train.json"
+
+
+def train_recipe(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train one recipe (sharing the pixel-loss phase where possible); what the training took, also saved beside
+    its model (a recipe trained on another machine, e.g. a GPU, is evaluated here with --eval-only)."""
     warmup = recipe_params(name, overrides).train.warmup_steps
     keep = {"train.checkpoint_every": warmup, "train.keep_checkpoints": 10**6}  # the step-warmup checkpoint stays
     params = recipe_params(name, {**overrides, **keep})
@@ -104,19 +116,27 @@ def run_recipe(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(Path(params.train.checkpoint_dir) / f"{PREFIX}{warmup:08d}.pt", cached)
     shutil.rmtree(params.train.checkpoint_dir)
-    metrics = evaluate(params, REPO)
-    summary = {
+    trained = {
         "recipe": name,
         "overrides": overrides,
         "steps": params.train.steps,
         "warmup_steps": warmup,
+        "device": str(trainer.device),
         "pixel_phase_shared": shared,
         "train_seconds": train_seconds,
         "adversarial_step_seconds": None if not shared else train_seconds / max(params.train.steps - warmup, 1),
         "trained_steps": result.steps - result.resumed_from,
-        "metrics": metrics,
         "machine": machine(),
     }
+    (OUT / name / TRAINED).write_text(json.dumps(trained, indent=2, default=str))
+    return trained
+
+
+def evaluate_recipe(name: str) -> dict[str, Any]:
+    """Evaluate a trained recipe (the evaluate stage: model, pixel_only twin, bicubic) and write its summary."""
+    trained = json.loads((OUT / name / TRAINED).read_text())
+    metrics = evaluate(recipe_params(name, trained["overrides"]), REPO)
+    summary = {**trained, "metrics": metrics, "evaluated_on": machine()}
     (OUT / name / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -157,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="*", help="names from gan_recipes.yaml (default: all)")
     parser.add_argument("--rerun", action="store_true", help="train again recipes that already have results")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table from finished runs")
+    parser.add_argument(
+        "--train-only", action="store_true", help="train, do not evaluate (e.g. on a GPU machine; then --eval-only)"
+    )
+    parser.add_argument("--eval-only", action="store_true", help="evaluate recipes trained before (--train-only)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe (e.g. train.steps=300)"
@@ -177,8 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         done = (OUT / name / SUMMARY).is_file()
         if args.report_only or (done and not args.rerun):
             continue
-        print(f"[{name}] {available[name] or 'params.yaml as it is'}", flush=True)
-        run_recipe(name, {**(available[name] or {}), **parse_overrides(args.set)})
+        overrides = {**(available[name] or {}), **parse_overrides(args.set)}
+        print(f"[{name}] {overrides or 'params.yaml as it is'}", flush=True)
+        if not args.eval_only:
+            train_recipe(name, overrides)
+        if not args.train_only:
+            evaluate_recipe(name)
+    if args.train_only:
+        return 0
     summaries = [json.loads((OUT / n / SUMMARY).read_text()) for n in available if (OUT / n / SUMMARY).is_file()]
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     table = report(summaries)

@@ -50,3 +50,13 @@ def test_task_round_trips_through_a_card():
     assert task_from_card(task.card_params()) == task
     sr = build_task(TaskParams(name="sr", sr={"scale": 3}))
     assert task_from_card(sr.card_params()) == sr
+
+
+def test_gray_noise_is_one_plane_added_to_every_channel():
+    target = photo_crops(1, size=64)[0]
+    gray = build_task(TaskParams(name="denoise", denoise={"sigma": 25, "noise": "gray"}))
+    noise = gray.eval_input(target, seed=0) - target / 255.0
+    assert np.allclose(noise[..., 0], noise[..., 1], atol=1e-6) and np.allclose(noise[..., 0], noise[..., 2], atol=1e-6)
+    assert abs(noise.std() * 255.0 - 25.0) < 1.0
+    colour = build_task(TaskParams(name="denoise", denoise={"sigma": 25})).eval_input(target, seed=0) - target / 255.0
+    assert np.abs(colour[..., 0] - colour[..., 1]).mean() * 255.0 > 10.0

@@ -165,3 +165,26 @@ def test_artifact_loss_pulls_only_where_the_output_errs_more_than_the_stable_mod
     outside = torch.ones_like(artifact, dtype=torch.bool)
     outside[..., 5:19, 5:19] = False
     assert artifact.grad[outside].abs().max() == 0 and artifact.grad.abs().sum() > 0
+
+
+def test_l2_pixel_loss_is_the_mean_squared_error():
+    output, target = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    assert pixel_loss("l2", output, target) == pytest.approx(((output - target) ** 2).mean().item(), rel=1e-6)
+
+
+def test_a_dncnn_of_published_depth_starts_learning():
+    """17 plain conv layers: with PyTorch's default init the input signal dies in the body and the loss stays flat
+    (as a GPU run of 10000 steps once did); with He init a few Adam steps on one batch cut it."""
+    torch.manual_seed(0)
+    net = build("generator", "dncnn", num_feat=16, depth=17)
+    clean = gaussian_blur(torch.rand(4, 3, 24, 24), 2.0)
+    noisy = clean + 0.1 * torch.randn_like(clean)
+    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+    losses = []
+    for _ in range(100):
+        loss = pixel_loss("l1", net(noisy), clean)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0]  # measured: 0.60 with He init, 0.97 with the default

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
@@ -22,6 +23,7 @@ from gan_enhance.evaluation.stage import evaluate
 from gan_enhance.inference import Enhancer
 from gan_enhance.models.artifact import PIXEL_TWIN
 from gan_enhance.training.checkpoint import list_checkpoints
+from gan_enhance.training.paired import PairedTrainer
 from gan_enhance.training.stage import train
 
 CLI = [sys.executable, "-m", "gan_enhance.cli"]
@@ -71,6 +73,23 @@ def test_the_pixel_only_twin_is_the_ema_generator_when_the_pixel_phase_ended(tin
     assert all(torch.equal(exported[k], v) for k, v in at_warmup_end["EMA"].items())
     final = load_file(model_dir / "generator.safetensors")
     assert any(not torch.equal(final[k], v) for k, v in exported.items())
+
+
+@pytest.mark.parametrize("task", ["sr", "denoise"])
+def test_a_conditional_discriminator_judges_the_image_beside_its_input(tiny_project: Path, task: str):
+    overrides = {"train.conditional_discriminator": True, "tracking.enabled": False, "task.name": task}
+    params = load_params("params.yaml", overrides)
+    prepare(params.data, min_side=params.train.patch_size)
+    trainer = PairedTrainer(params)
+    first = next(m for m in trainer.D.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 6
+    inp, target = trainer.make_batch(0)
+    judged = trainer.judged(target, inp)
+    expected = F.interpolate(inp, scale_factor=2, mode="bicubic", align_corners=False) if task == "sr" else inp
+    assert torch.equal(judged[:, :3], target) and torch.equal(judged[:, 3:], expected)
+    state = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    trainer.run()
+    assert any(not torch.equal(trainer.D.state_dict()[k], v) for k, v in state.items())  # D trained on the pairs
 
 
 def test_evaluate_refuses_a_model_of_another_task(tiny_project: Path):

@@ -76,6 +76,11 @@ class DenoiseParams(_Section):
         description="Gaussian noise std on the 0-255 scale, fixed or a [low, high] range for training.",
     )
     eval_sigma: float = Field(25.0, gt=0, le=100, description="Noise std used by evaluation.")
+    noise: Literal["rgb", "gray"] = Field(
+        "rgb",
+        description="rgb: independent noise in each channel; gray: one noise plane copied to the 3 channels (the "
+        "published gray protocol: gray images, read as RGB with equal channels, and gray noise).",
+    )
 
     @field_validator("sigma")
     def _sigma_range(cls, value: float | tuple[float, float]) -> float | tuple[float, float]:
@@ -217,7 +222,7 @@ class TrainParams(_Section):
     lr_d: float = Field(1e-4, gt=0, le=1)
     betas: tuple[float, float] = (0.9, 0.99)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
-    pixel_loss: Literal["l1", "charbonnier"] = "l1"
+    pixel_loss: Literal["l1", "charbonnier", "l2"] = "l1"
     gan_loss: Literal["vanilla", "lsgan", "hinge", "ragan"] = "ragan"
     pixel_lowpass: float = Field(
         0.0,
@@ -227,6 +232,11 @@ class TrainParams(_Section):
     )
     weights: LossWeights = LossWeights()
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images; 0 turns it off.")
+    conditional_discriminator: bool = Field(
+        False,
+        description="Paired tasks: the discriminator sees the input beside the image (upsampled to its size), as "
+        "pix2pix's does: it judges whether the detail fits the input, not only whether it looks like some real patch.",
+    )
     grad_clip: float = Field(1.0, ge=0, description="Max gradient norm; 0 turns clipping off.")
     ema_halflife_images: int = Field(5000, ge=1, description="EMA half-life counted in training images.")
     ema_rampup: float | None = Field(0.05, ge=0, description="Half-life <= images seen x rampup (short runs).")

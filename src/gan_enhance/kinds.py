@@ -21,7 +21,15 @@ KindName = Literal["paired", "masked", "unpaired", "unconditional"]
 InputsName = Literal["image", "image+mask", "latent"]
 
 # train.* keys that only the paired trainer reads (the adversarial phase and its losses, the pixel loss)
-PAIRED_ONLY = ("warmup_steps", "pixel_loss", "pixel_lowpass", "gan_loss", "weights", "r1_gamma")
+PAIRED_ONLY = (
+    "warmup_steps",
+    "pixel_loss",
+    "pixel_lowpass",
+    "gan_loss",
+    "weights",
+    "r1_gamma",
+    "conditional_discriminator",
+)
 
 
 @cache

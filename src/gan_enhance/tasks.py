@@ -156,7 +156,11 @@ class Denoise(Task):
         return float(sigma) if isinstance(sigma, int | float) else float(rng.uniform(*sigma))
 
     def degrade(self, target: np.ndarray, rng: np.random.Generator, training: bool) -> np.ndarray:
-        return add_gaussian_noise(target, self._sigma(rng, training), rng)
+        sigma = self._sigma(rng, training)
+        if self.options.noise == "gray":  # one noise plane, added to every channel
+            plane = add_gaussian_noise(np.zeros((*target.shape[:2], 1), np.uint8), sigma, rng)
+            return target.astype(np.float32) / 255.0 + plane
+        return add_gaussian_noise(target, sigma, rng)
 
     def baselines(self) -> dict[str, Baseline]:
         from skimage.restoration import denoise_nl_means

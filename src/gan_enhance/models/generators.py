@@ -69,6 +69,9 @@ class DnCNN(nn.Module):
             layers += [nn.Conv2d(num_feat, num_feat, 3, padding=1), nn.ReLU(inplace=True)]
         layers.append(nn.Conv2d(num_feat, in_channels, 3, padding=1))
         self.body = nn.Sequential(*layers)
+        for conv in self.body[:-1:2]:  # He init: with PyTorch's default one a 17-layer plain body loses the input
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # signal and never starts learning
+            nn.init.zeros_(conv.bias)
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 

@@ -24,16 +24,18 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 def pixel_loss(
     kind: str, output: torch.Tensor, target: torch.Tensor, eps: float = 1e-3, lowpass: float = 0.0
 ) -> torch.Tensor:
-    """L1 or Charbonnier distance; with `lowpass` > 0, between the images blurred by a Gaussian of that sigma
-    (frequency separation, Fritsche et al. 2019: the pixel loss keeps colours and shapes, the adversarial loss is
-    free to choose the texture above that band)."""
+    """L1, Charbonnier or L2 (mean squared) distance; with `lowpass` > 0, between the images blurred by a Gaussian
+    of that sigma (frequency separation, Fritsche et al. 2019: the pixel loss keeps colours and shapes, the
+    adversarial loss is free to choose the texture above that band)."""
     if lowpass > 0:
         output, target = gaussian_blur(output, lowpass), gaussian_blur(target, lowpass)
     if kind == "l1":
         return F.l1_loss(output, target)
     if kind == "charbonnier":
         return torch.sqrt((output - target) ** 2 + eps**2).mean()
-    raise ValueError(f"unknown pixel loss '{kind}'; use l1 or charbonnier")
+    if kind == "l2":
+        return F.mse_loss(output, target)
+    raise ValueError(f"unknown pixel loss '{kind}'; use l1, charbonnier or l2")
 
 
 def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor, mean: Mean = torch.mean) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gan_enhance.data.batches import PatchSampler, load_split, sample_rngs
@@ -51,7 +52,8 @@ class PairedTrainer(OneGANTrainer):
     def build_networks(self) -> None:
         tp = self.params.train
         self.G = self.build("generator", scale=self.task.scale, in_channels=self.task.in_channels)
-        self.D = self.build("discriminator")
+        condition = {"in_channels": 3 + self.task.in_channels} if tp.conditional_discriminator else {}
+        self.D = self.build("discriminator", **condition)
         self.ema = EMA(self.G, tp.ema_halflife_images, tp.ema_rampup)
         self.G_step, self.D_step = self.parallel(self.G), self.parallel(self.D, sync_buffers=False)
         self.opt_g = self.optimizer(self.G.parameters(), tp.lr_g)
@@ -80,6 +82,15 @@ class PairedTrainer(OneGANTrainer):
     def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
         return self.ema.model, {}
 
+    def judged(self, images: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        """What the discriminator sees: the images, with a conditional discriminator beside the input (bicubic
+        upsampled to their size where it is smaller: super-resolution)."""
+        if not self.params.train.conditional_discriminator:
+            return images
+        if inp.shape[-2:] != images.shape[-2:]:
+            inp = F.interpolate(inp, size=images.shape[-2:], mode="bicubic", align_corners=False)
+        return torch.cat([images, inp.to(images.dtype)], dim=1)
+
     def make_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rngs = sample_rngs(self.params.seed, step, self.world.shard(self.params.train.batch_size))
         return self.task.training_pair(self.sampler.sample(rngs), rngs)
@@ -99,8 +110,8 @@ class PairedTrainer(OneGANTrainer):
             self.D.requires_grad_(True)
             real_in = target.requires_grad_(tp.r1_gamma > 0)
             with self.autocast():
-                real_logits, _ = self.D_step(real_in)
-                fake_logits, _ = self.D_step(fake.detach())
+                real_logits, _ = self.D_step(self.judged(real_in, inp))
+                fake_logits, _ = self.D_step(self.judged(fake.detach(), inp))
                 loss_d = losses.discriminator_loss(
                     tp.gan_loss, real_logits.float(), fake_logits.float(), mean=self.batch_mean
                 )
@@ -119,9 +130,9 @@ class PairedTrainer(OneGANTrainer):
             loss_g = tp.weights.pixel * loss_pix
             if adversarial:
                 self.D.requires_grad_(False)  # frozen, and called outside its DDP wrapper: no gradient to reduce
-                fake_logits, fake_feats = self.D(fake)
+                fake_logits, fake_feats = self.D(self.judged(fake, inp))
                 with torch.no_grad():
-                    real_logits, real_feats = self.D(target)
+                    real_logits, real_feats = self.D(self.judged(target, inp))
                 loss_adv = losses.generator_adv_loss(
                     tp.gan_loss, real_logits.float(), fake_logits.float(), mean=self.batch_mean
                 )
