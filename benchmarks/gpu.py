@@ -252,7 +252,7 @@ def ddp_speed(
     """Images/s of the command line with 1 and with `processes` processes, the per-process batch kept."""
     batch = params.train.batch_size
     speed = DdpSpeed(processes=processes, per_process_batch=batch)
-    shared = {**shared, "train.device": params.train.device, "train.amp": True}  # bf16 on CUDA, as params.yaml
+    shared = {**shared, "train.device": params.train.device, "train.amp": True}  # bf16: the precision of larger runs
     for n in (1, processes):
         limit = min(timeout_s, budget.left())
         if limit < MIN_RUN_S:

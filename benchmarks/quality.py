@@ -11,10 +11,10 @@
 Prepared data, models, per-image CSVs and comparison grids go to the work folder (git-ignored); the report
 (quality.md + quality.json) goes to --out.
 
-    .venv/bin/python -m benchmarks.quality --threads 1          # every part
+    .venv/bin/python -m benchmarks.quality --threads 1          # sr and denoise
     .venv/bin/python -m benchmarks.quality --parts sr --sr-steps 300
     .venv/bin/python -m benchmarks.quality --parts denoise_gray --train-only   # e.g. on a GPU machine, then:
-    .venv/bin/python -m benchmarks.quality --parts denoise_gray --eval-only    # evaluate that model here
+    .venv/bin/python -m benchmarks.quality --parts denoise_gray --eval-only --out benchmarks/results/quality_gray
     .venv/bin/python benchmarks/quality.py --help
 """
 
@@ -364,7 +364,11 @@ def main(argv: list[str] | None = None) -> None:
         "and published numbers. Writes quality.md and quality.json into --out; data, models and grids go to --work.",
     )
     parser.add_argument(
-        "--parts", nargs="+", choices=list(PARTS), default=list(PARTS), help="what to run (default: %(default)s)"
+        "--parts",
+        nargs="+",
+        choices=list(PARTS),
+        default=["sr", "denoise"],
+        help="what to run (default: %(default)s; denoise_gray is sized for a GPU: minutes there, hours here)",
     )
     parser.add_argument("--sr-steps", type=int, help="SR training steps (default: benchmarks/configs/sr_x4.yaml)")
     parser.add_argument(

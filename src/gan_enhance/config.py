@@ -245,7 +245,9 @@ class TrainParams(_Section):
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(500, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU).")
+    amp: bool = Field(
+        False, description="bfloat16 autocast on CUDA (ignored on CPU); pays only for large models and batches."
+    )
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads per process; None: torch's default (cores / processes when several)."
     )
