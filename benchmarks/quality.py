@@ -217,30 +217,42 @@ def _with_twin(measured: list[tuple[str, str]], part: dict[str, Any]) -> list[tu
     return [measured[0], *twin, *measured[1:]]
 
 
-def sr_table(part: dict[str, Any]) -> str:
-    sets = list(part["sets"])
+def _model_row(part: dict[str, Any]) -> tuple[str, str]:
     t = part["training"]
+    return f"**gan-enhance {t['generator']}, EMA G** ({t['steps']} steps, {t['train_seconds'] / 60:.1f} min)", MODEL
+
+
+def _measured_rows(part: dict[str, Any], baselines: list[tuple[str, str]]) -> list[str]:
+    """Header and the rows measured here (the model, its twin, `baselines`): PSNR / SSIM and FID / KID per set."""
+    sets = list(part["sets"])
     head = "| method | params | " + " | ".join(f"{s} PSNR / SSIM | {s} FID / KID" for s in sets) + " |"
     lines = [head, "|" + "---|" * (2 + 2 * len(sets))]
-    measured = [
-        (f"**gan-enhance {t['generator']}, EMA G** ({t['steps']} steps, {t['train_seconds'] / 60:.1f} min)", MODEL),
-        ("**bicubic** (Pillow, measured here)", "bicubic"),
-    ]
-    for label, method in _with_twin(measured, part):
-        size = f"{t['generator_params'] / 1000:.0f}K" if method == MODEL else "-"
+    for label, method in _with_twin([_model_row(part), *baselines], part):
+        size = f"{part['training']['generator_params'] / 1000:.0f}K" if method == MODEL else "-"
         cells = [
             f"{_pair(part['sets'][s]['summary'][method], 'psnr', 'ssim')} | "
             f"{_pair(part['sets'][s]['summary'][method], 'fid', 'kid')}"
             for s in sets
         ]
         lines.append(f"| {label} | {size} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def sr_table(part: dict[str, Any]) -> str:
+    lines = _measured_rows(part, [("**bicubic** (Pillow, measured here)", "bicubic")])
     for method, size, published in PUBLISHED_SR:
         cells = []
-        for s in sets:
+        for s in part["sets"]:
             psnr, ssim = published.get(s, (None, None))
             cells.append(f"{_show('psnr', psnr)} / {_show('ssim', ssim)} | -" if psnr else "- | -")
         lines.append(f"| {method} (published) | {size} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+DENOISE_BASELINES = [
+    ("**noisy input** (measured here)", "noisy_input"),
+    ("**non-local means** (scikit-image, measured here)", "nl_means"),
+]
 
 
 def denoise_table(part: dict[str, Any]) -> str:
@@ -252,12 +264,7 @@ def denoise_table(part: dict[str, Any]) -> str:
         + " | BSD68 gray (published) | CBSD68 colour (published) |"
     )
     lines = [head, "|" + "---|" * (4 + 2 * len(sets))]
-    measured = [
-        (f"**gan-enhance {t['generator']}, EMA G** ({t['steps']} steps, {t['train_seconds'] / 60:.1f} min)", MODEL),
-        ("**noisy input** (measured here)", "noisy_input"),
-        ("**non-local means** (scikit-image, measured here)", "nl_means"),
-    ]
-    for label, method in _with_twin(measured, part):
+    for label, method in _with_twin([_model_row(part), *DENOISE_BASELINES], part):
         size = f"{t['generator_params'] / 1000:.0f}K" if method == MODEL else "-"
         cells = [
             f"{_pair(part['sets'][s]['summary'][method], 'psnr', 'ssim')} | "
@@ -273,25 +280,9 @@ def denoise_table(part: dict[str, Any]) -> str:
 
 def gray_denoise_table(part: dict[str, Any]) -> str:
     """The published gray protocol: our rows measured here, BM3D and DnCNN-S as published (ANCHORS.md)."""
-    sets = list(part["sets"])
-    t = part["training"]
-    head = "| method | params | " + " | ".join(f"{s} PSNR / SSIM | {s} FID / KID" for s in sets) + " |"
-    lines = [head, "|" + "---|" * (2 + 2 * len(sets))]
-    measured = [
-        (f"**gan-enhance {t['generator']}, EMA G** ({t['steps']} steps, {t['train_seconds'] / 60:.1f} min)", MODEL),
-        ("**noisy input** (measured here)", "noisy_input"),
-        ("**non-local means** (scikit-image, measured here)", "nl_means"),
-    ]
-    for label, method in _with_twin(measured, part):
-        size = f"{t['generator_params'] / 1000:.0f}K" if method == MODEL else "-"
-        cells = [
-            f"{_pair(part['sets'][s]['summary'][method], 'psnr', 'ssim')} | "
-            f"{_pair(part['sets'][s]['summary'][method], 'fid', 'kid')}"
-            for s in sets
-        ]
-        lines.append(f"| {label} | {size} | " + " | ".join(cells) + " |")
+    lines = _measured_rows(part, DENOISE_BASELINES)
     for method, published in PUBLISHED_GRAY:
-        cells = [f"{_show('psnr', published[s])} / - | -" if s in published else "- | -" for s in sets]
+        cells = [f"{_show('psnr', published[s])} / - | -" if s in published else "- | -" for s in part["sets"]]
         lines.append(f"| {method} (published) | - | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
