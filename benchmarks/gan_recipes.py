@@ -50,6 +50,7 @@ ADVERSARIAL_ONLY = {
     "gan_loss",
     "pixel_lowpass",
     "r1_gamma",
+    "instance_noise",
     "conditional_discriminator",
     "checkpoint_every",
     "keep_checkpoints",

@@ -92,6 +92,15 @@ def test_a_conditional_discriminator_judges_the_image_beside_its_input(tiny_proj
     assert any(not torch.equal(trainer.D.state_dict()[k], v) for k, v in state.items())  # D trained on the pairs
 
 
+def test_instance_noise_is_added_to_what_the_discriminator_sees(tiny_project: Path):
+    params = load_params("params.yaml", {"train.instance_noise": 0.1, "tracking.enabled": False})
+    prepare(params.data, min_side=params.train.patch_size)
+    trainer = PairedTrainer(params)
+    inp, target = trainer.make_batch(0)
+    noise = trainer.judged(target, inp) - target
+    assert noise.shape == target.shape and abs(noise.std().item() - 0.1) < 0.01 and abs(noise.mean().item()) < 0.01
+
+
 def test_evaluate_refuses_a_model_of_another_task(tiny_project: Path):
     from gan_enhance.evaluation.stage import EvaluationError
 

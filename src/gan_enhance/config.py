@@ -232,6 +232,13 @@ class TrainParams(_Section):
     )
     weights: LossWeights = LossWeights()
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images; 0 turns it off.")
+    instance_noise: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Paired tasks: std of Gaussian noise added to every image the discriminator sees, real and fake "
+        "(instance noise, Sonderby et al. 2017): detail finer than that noise can no longer tell them apart.",
+    )
     conditional_discriminator: bool = Field(
         False,
         description="Paired tasks: the discriminator sees the input beside the image (upsampled to its size), as "

@@ -28,6 +28,7 @@ PAIRED_ONLY = (
     "gan_loss",
     "weights",
     "r1_gamma",
+    "instance_noise",
     "conditional_discriminator",
 )
 

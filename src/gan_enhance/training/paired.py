@@ -83,9 +83,12 @@ class PairedTrainer(OneGANTrainer):
         return self.ema.model, {}
 
     def judged(self, images: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-        """What the discriminator sees: the images, with a conditional discriminator beside the input (bicubic
-        upsampled to their size where it is smaller: super-resolution)."""
-        if not self.params.train.conditional_discriminator:
+        """What the discriminator sees: the images (plus instance noise, if set), with a conditional discriminator
+        beside the input (bicubic upsampled to their size where it is smaller: super-resolution)."""
+        tp = self.params.train
+        if tp.instance_noise > 0:
+            images = images + tp.instance_noise * torch.randn_like(images)
+        if not tp.conditional_discriminator:
             return images
         if inp.shape[-2:] != images.shape[-2:]:
             inp = F.interpolate(inp, size=images.shape[-2:], mode="bicubic", align_corners=False)
