@@ -178,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="*", help="names from gan_recipes.yaml (default: all)")
     parser.add_argument("--rerun", action="store_true", help="train again recipes that already have results")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table from finished runs")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--train-only", action="store_true", help="train, do not evaluate (e.g. on a GPU machine; then --eval-only)"
     )
-    parser.add_argument("--eval-only", action="store_true", help="evaluate recipes trained before (--train-only)")
+    only.add_argument("--eval-only", action="store_true", help="evaluate recipes trained before (--train-only)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe (e.g. train.steps=300)"
@@ -201,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         done = (OUT / name / SUMMARY).is_file()
         if args.report_only or (done and not args.rerun):
+            continue
+        if args.eval_only and not (OUT / name / TRAINED).is_file():
+            print(f"[{name}] skipped: not trained (no {OUT / name / TRAINED}; train it with --train-only)")
             continue
         overrides = {**(available[name] or {}), **parse_overrides(args.set)}
         print(f"[{name}] {overrides or 'params.yaml as it is'}", flush=True)

@@ -67,6 +67,11 @@ PUBLISHED_SR: list[tuple[str, str, dict[str, tuple[float, float | None]]]] = [
     ("IMDN", "715K", {"Set5": (32.21, 0.8948)}),
     ("RRDB (ESRGAN's G, PSNR-trained)", "16.7M", {"Set5": (32.73, 0.9011), "Set14": (28.99, 0.7917)}),
 ]
+# The denoising baselines measured here: label, method.
+DENOISE_BASELINES = [
+    ("**noisy input** (measured here)", "noisy_input"),
+    ("**non-local means** (scikit-image, measured here)", "nl_means"),
+]
 # Published sigma=25 gray denoising PSNR, Train400 protocol (ANCHORS.md): method, {set: PSNR}.
 PUBLISHED_GRAY: list[tuple[str, dict[str, float]]] = [
     ("noisy input", {"BSD68": 20.17}),
@@ -249,12 +254,6 @@ def sr_table(part: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-DENOISE_BASELINES = [
-    ("**noisy input** (measured here)", "noisy_input"),
-    ("**non-local means** (scikit-image, measured here)", "nl_means"),
-]
-
-
 def denoise_table(part: dict[str, Any]) -> str:
     sets = list(part["sets"])
     t = part["training"]
@@ -388,8 +387,9 @@ def main(argv: list[str] | None = None) -> None:
         help="torch CPU threads for training and evaluation (default: torch's choice, one per core); on a busy "
         "shared machine 1 is several times faster than 2",
     )
-    parser.add_argument("--eval-only", action="store_true", help="evaluate the models already in --work, no training")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--eval-only", action="store_true", help="evaluate the models already in --work, no training")
+    only.add_argument(
         "--train-only", action="store_true", help="train, do not evaluate (e.g. on a GPU machine; then --eval-only)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="report folder (default: %(default)s)")
