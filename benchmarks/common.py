@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from gan_enhance.config import Params, load_params
+from gan_enhance.metric_facts import INTERVAL_SUFFIXES, Metric
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -20,7 +21,8 @@ WORK = RESULTS / "work"  # prepared data, models, grids: git-ignored
 
 
 def config_names() -> list[str]:
-    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    """The model configs (each sets task.name); gan_recipes.yaml, a list of recipes, is not one."""
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml") if "task.name" in yaml.safe_load(p.read_text()))
 
 
 def work_params(work: Path, overrides: dict[str, Any], params_file: Path | None = None) -> Params:
@@ -81,3 +83,14 @@ def machine_line(info: dict[str, Any]) -> str:
         f"({info['torch_threads']} torch threads), 1-min load average {info['load_average_1m_at_start']} at start, "
         f"{info.get('load_average_1m_at_end', '?')} at end (shared machine)"
     )
+
+
+def gain_cell(m: Metric, gain: dict[str, Any], baseline: str) -> str:
+    """'+1.30 [+1.02, +1.58]' with a mark when the interval excludes zero (the model is better, or worse, with
+    significance)."""
+    values = {m.name + suffix: gain.get(f"{m.name}_vs_{baseline}{suffix}") for suffix in ("", *INTERVAL_SUFFIXES)}
+    if values[m.name] is None:
+        return "-"
+    low, high = values[m.name + "_low"], values[m.name + "_high"]
+    verdict = " (better)" if low is not None and low > 0 else " (worse)" if high is not None and high < 0 else ""
+    return m.show_interval(values, signed=True) + verdict

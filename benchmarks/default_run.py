@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Any
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, gain_cell
 from gan_enhance.metric_facts import INTERVAL_SUFFIXES, Metric, present
 from gan_enhance.models.artifact import PIXEL_TWIN, twin_dirs
 
@@ -44,20 +44,9 @@ def table(metrics: dict, card: dict, params: int, twin_steps: dict[str, int]) ->
         lines.append(f"| {name} | " + " | ".join(_plus_minus(m, metrics[method]) for m in shown) + " |")
     gain = metrics["gain"]
     for baseline in methods[1:]:
-        cells = [_gain(m, gain, baseline) for m in shown]
+        cells = [gain_cell(m, gain, baseline) for m in shown]
         lines.append(f"| *gain over {baseline} (paired; positive = better)* | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _gain(m: Metric, gain: dict[str, Any], baseline: str) -> str:
-    """'+1.30 [+1.02, +1.58]' with a mark when the interval excludes zero (the model is better, or worse, with
-    significance)."""
-    values = {m.name + suffix: gain.get(f"{m.name}_vs_{baseline}{suffix}") for suffix in ("", *INTERVAL_SUFFIXES)}
-    if values[m.name] is None:
-        return "-"
-    low, high = values[m.name + "_low"], values[m.name + "_high"]
-    verdict = " (better)" if low is not None and low > 0 else " (worse)" if high is not None and high < 0 else ""
-    return m.show_interval(values, signed=True) + verdict
 
 
 def _title(m: Metric, model: dict[str, Any], protocol: dict[str, Any]) -> str:

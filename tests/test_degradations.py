@@ -60,3 +60,16 @@ def test_gray_noise_is_one_plane_added_to_every_channel():
     assert abs(noise.std() * 255.0 - 25.0) < 1.0
     colour = build_task(TaskParams(name="denoise", denoise={"sigma": 25})).eval_input(target, seed=0) - target / 255.0
     assert np.abs(colour[..., 0] - colour[..., 1]).mean() * 255.0 > 10.0
+
+
+def test_mixed_noise_draws_both_kinds_in_training_and_colour_noise_in_evaluation():
+    target = photo_crops(1, size=32)[0]
+    mixed = build_task(TaskParams(name="denoise", denoise={"sigma": 25, "noise": "mixed"}))
+    rng = np.random.default_rng(0)
+    gray_draws = []
+    for _ in range(40):
+        noise = mixed.degrade(target, rng, training=True) - target / 255.0
+        gray_draws.append(np.allclose(noise[..., 0], noise[..., 1], atol=1e-6))
+    assert 5 < sum(gray_draws) < 35  # about half of the patches get one noise plane
+    noise = mixed.eval_input(target, seed=0) - target / 255.0
+    assert np.abs(noise[..., 0] - noise[..., 1]).mean() * 255.0 > 10.0

@@ -76,10 +76,11 @@ class DenoiseParams(_Section):
         description="Gaussian noise std on the 0-255 scale, fixed or a [low, high] range for training.",
     )
     eval_sigma: float = Field(25.0, gt=0, le=100, description="Noise std used by evaluation.")
-    noise: Literal["rgb", "gray"] = Field(
+    noise: Literal["rgb", "gray", "mixed"] = Field(
         "rgb",
         description="rgb: independent noise in each channel; gray: one noise plane copied to the 3 channels (the "
-        "published gray protocol: gray images, read as RGB with equal channels, and gray noise).",
+        "published gray protocol: gray images, read as RGB with equal channels, and gray noise); mixed: training "
+        "draws rgb or gray for each patch (one model for both protocols), evaluation uses rgb.",
     )
 
     @field_validator("sigma")

@@ -157,7 +157,10 @@ class Denoise(Task):
 
     def degrade(self, target: np.ndarray, rng: np.random.Generator, training: bool) -> np.ndarray:
         sigma = self._sigma(rng, training)
-        if self.options.noise == "gray":  # one noise plane, added to every channel
+        noise = self.options.noise
+        if noise == "mixed":
+            noise = "gray" if training and rng.random() < 0.5 else "rgb"
+        if noise == "gray":  # one noise plane, added to every channel
             plane = add_gaussian_noise(np.zeros((*target.shape[:2], 1), np.uint8), sigma, rng)
             return target.astype(np.float32) / 255.0 + plane
         return add_gaussian_noise(target, sigma, rng)

@@ -1,0 +1,42 @@
+"""The quality benchmark's configs and its report, on tiny stand-ins for the benchmark sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from benchmarks import quality
+from benchmarks.common import config_names, config_params
+
+from .conftest import photo_crops
+
+
+@pytest.mark.parametrize("name", config_names())
+def test_every_benchmark_config_is_a_valid_parameter_set(name: str, tmp_path: Path):
+    params = config_params(name, tmp_path)
+    assert params.train.out_dir == tmp_path / "generator"
+
+
+@pytest.mark.slow
+def test_the_inpainting_part_reports_the_gain_over_its_own_first_stage(tmp_path: Path):
+    datasets = tmp_path / "datasets"
+    for folder, crops in (("CBSD68", photo_crops(20, size=80)), ("Set14", photo_crops(3, size=128))):
+        (datasets / folder).mkdir(parents=True)
+        for i, crop in enumerate(crops):
+            Image.fromarray(crop).save(datasets / folder / f"{i:02d}.png")
+    out = tmp_path / "out"
+    tiny = ["--inpaint-steps", "6", "--fid-crops", "8", "--fid-crop-size", "32", "--threads", "1"]
+    folders = ["--datasets", str(datasets), "--work", str(tmp_path / "work"), "--out", str(out)]
+    quality.main(["--parts", "inpaint", *tiny, *folders])
+    report = (out / "quality.md").read_text()
+    assert "Free-form inpainting" in report and "inpaint: paired gains of the model" in report
+    summary = json.loads((out / "quality.json").read_text())["parts"]["inpaint"]["sets"]["Set14"]["summary"]
+    assert {"model", "fills_mean", "biharmonic"} <= summary.keys()
+    gain = {k.removeprefix("psnr_hole_vs_fills_mean"): v for k, v in summary["gain"].items()}
+    assert gain[""] == pytest.approx(summary["model"]["psnr_hole"] - summary["fills_mean"]["psnr_hole"], abs=1e-6)
+    assert gain["_low"] <= gain[""] <= gain["_high"]
+    train_info = json.loads((tmp_path / "work" / "inpaint" / quality.TRAIN_INFO).read_text())
+    assert train_info["steps"] == 6 and train_info["train_cpu_seconds"] > 0
