@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +374,17 @@ def training_table(parts: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def earlier_parts(report: Path, protocol: dict[str, Any], exclude: set[str]) -> dict[str, dict[str, Any]]:
+    """The parts of an earlier quality.json measured under the same protocol, less those this run redid, so that
+    evaluating one part does not drop the others from the report."""
+    if not report.is_file():
+        return {}
+    earlier = json.loads(report.read_text())
+    if earlier.get("protocol") != protocol:
+        return {}
+    return {part: result for part, result in earlier["parts"].items() if part not in exclude and "evaluated" in result}
+
+
 def render(parts: dict[str, dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
     out = [
         "# Quality benchmark",
@@ -385,6 +397,9 @@ def render(parts: dict[str, dict[str, Any]], info: dict[str, Any], args: argpars
         "",
         training_table(parts),
     ]
+    evaluated = {part: result["evaluated"] for part, result in parts.items()}
+    if len(set(evaluated.values())) > 1:
+        out[3:3] = ["", "Evaluated: " + ", ".join(f"{part} {when}" for part, when in evaluated.items()) + "."]
     if "sr" in parts:
         out += [
             "",
@@ -493,19 +508,24 @@ def main(argv: list[str] | None = None) -> None:
     for part in args.parts:
         result = run_part(part, datasets, args)
         if result:
-            parts[part] = result
+            parts[part] = {**result, "evaluated": datetime.now(UTC).isoformat(timespec="seconds")}
     if args.train_only:
         print(f"trained {', '.join(args.parts)} in {args.work}; evaluate with --eval-only")
         return
     if not parts:
         raise SystemExit(f"nothing to report: no part could run with the data sets in {datasets}")
+    protocol = {"datasets": str(datasets), "fid_crops": args.fid_crops, "fid_crop_size": args.fid_crop_size}
+    kept = earlier_parts(args.out / "quality.json", protocol, exclude=set(parts))
+    if kept:
+        print(f"kept {', '.join(kept)} from the earlier report in {args.out} (same data sets and FID protocol)")
+    parts = {part: (parts | kept)[part] for part in PARTS if part in parts | kept}
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     info["wall_seconds"] = round(time.perf_counter() - started, 1)
     report = render(parts, info, args)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
     published = {"sr_x4": PUBLISHED_SR, "denoise_sigma25_bsd68_gray_cbsd68_colour": PUBLISHED_DENOISE}
-    payload = {"machine": info, "datasets": str(datasets), "parts": parts, "published": published}
+    payload = {"machine": info, "protocol": protocol, "parts": parts, "published": published}
     (args.out / "quality.json").write_text(json.dumps(payload, indent=2) + "\n")
     (args.out / "quality.md").write_text(report)
     print(f"wrote {args.out / 'quality.md'} and .json in {info['wall_seconds'] / 60:.1f} min")

@@ -22,8 +22,8 @@ def test_every_benchmark_config_is_a_valid_parameter_set(name: str, tmp_path: Pa
 
 @pytest.mark.slow
 def test_the_inpainting_part_reports_the_gain_over_its_own_first_stage(tmp_path: Path):
-    datasets = tmp_path / "datasets"
-    for folder, crops in (("CBSD68", photo_crops(20, size=80)), ("Set14", photo_crops(3, size=128))):
+    datasets = tmp_path / "datasets"  # 80 crops: the fewest whose 5 % test split (by content hash) is not empty
+    for folder, crops in (("CBSD68", photo_crops(80, size=80)), ("Set14", photo_crops(3, size=128))):
         (datasets / folder).mkdir(parents=True)
         for i, crop in enumerate(crops):
             Image.fromarray(crop).save(datasets / folder / f"{i:02d}.png")
@@ -40,3 +40,13 @@ def test_the_inpainting_part_reports_the_gain_over_its_own_first_stage(tmp_path:
     assert gain["_low"] <= gain[""] <= gain["_high"]
     train_info = json.loads((tmp_path / "work" / "inpaint" / quality.TRAIN_INFO).read_text())
     assert train_info["steps"] == 6 and train_info["train_cpu_seconds"] > 0
+
+
+def test_a_report_keeps_the_earlier_parts_measured_under_the_same_protocol(tmp_path: Path):
+    protocol = {"datasets": "/data", "fid_crops": 192, "fid_crop_size": 96}
+    parts = {"sr": {"evaluated": "2026-12-01T03:00:00+00:00"}, "denoise": {"evaluated": "2026-12-01T03:10:00+00:00"}}
+    report = tmp_path / "quality.json"
+    report.write_text(json.dumps({"protocol": protocol, "parts": parts}))
+    assert quality.earlier_parts(report, protocol, exclude={"denoise"}) == {"sr": parts["sr"]}
+    assert quality.earlier_parts(report, {**protocol, "fid_crops": 64}, exclude=set()) == {}
+    assert quality.earlier_parts(tmp_path / "absent.json", protocol, exclude=set()) == {}

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from benchmarks import gpu
+from benchmarks.common import CONFIGS
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -55,4 +57,5 @@ def test_every_measurement_runs_on_tiny_step_counts(device: str, tmp_path: Path)
     checkpoints = sorted(p.name for p in (tmp_path / "work" / "gpu-denoise" / "ddp-2" / "checkpoints").glob("*.pt"))
     assert len(checkpoints) == 3  # steps 2, 4 (timed between) and 6: the 2-process run trained to the end
     table = (tmp_path / "gpu.md").read_text()
-    assert "| denoise: denoise, srvgg" in table and "| 2: " in table
+    generator = yaml.safe_load((CONFIGS / f"{gpu.TASKS['denoise']}.yaml").read_text())["model.generator"]["name"]
+    assert f"| denoise: denoise, {generator}" in table and "| 2: " in table

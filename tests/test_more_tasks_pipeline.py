@@ -58,7 +58,7 @@ GENERATE = {
     "model.generator": {"name": "dcgan", "num_feat": 16, "latent_dim": 32},
     "model.discriminator": {"name": "dcgan", "num_feat": 16},
     "train.batch_size": 32,
-    "train.steps": 200,
+    "train.steps": 400,
     "train.lr_g": 0.0005,
     "train.lr_d": 0.0005,
     "train.betas": [0.5, 0.999],
@@ -122,9 +122,10 @@ def test_translation_beats_identity_in_fid_to_the_target_domain(two_domain_proje
 
 
 def test_generation_beats_noise_in_fid_and_samples_by_seed(tiny_project: Path):
-    metrics, registered = _pipeline(GENERATE)
-    assert set(metrics) == {"model", "noise", "gain", "protocol"} and metrics["protocol"]["samples"] == 16
-    assert metrics["model"]["fid"] < metrics["noise"]["fid"] - 50, metrics
+    metrics, registered = _pipeline({**GENERATE, "evaluate.fid_crops": 64})
+    assert set(metrics) == {"model", "noise", "gain", "protocol"} and metrics["protocol"]["samples"] == 64
+    # 64 samples and 400 steps: at 16 samples / 200 steps the gap to noise varied from 40 to 140 with the thread count
+    assert metrics["model"]["fid_high"] < metrics["noise"]["fid_low"], metrics
     enhancer = Enhancer.from_dir("models/generator", device="cpu")
     assert enhancer.card.latent_dim == 32 and enhancer.sample(4, seed=1).shape == (4, 32, 32, 3)
     assert registered["name"] == "gan-enhance-generate"
