@@ -85,13 +85,17 @@ GRAY_PROTOCOL = "gray noise"  # Set12 variant: one noise plane copied to the 3 c
 
 # Published x4 SR results (ANCHORS.md): method, parameters, {set: (PSNR, SSIM or None)}.
 PUBLISHED_SR: list[tuple[str, str, dict[str, tuple[float, float | None]]]] = [
-    ("bicubic", "-", {"Set5": (28.42, 0.8104), "Set14": (26.00, 0.7027)}),
-    ("FSRCNN", "12K", {"Set5": (30.72, 0.8660)}),
+    ("bicubic", "-", {"Set5": (28.42, 0.8104), "Set14": (26.00, 0.7027), "Urban100": (23.14, 0.6577)}),
+    ("FSRCNN", "12K", {"Set5": (30.72, 0.8660), "Urban100": (24.62, 0.7280)}),
     ("ESPCN", "~25K", {"Set5": (30.90, None)}),
     ("SRResNet (MSE)", "1.5M", {"Set5": (32.05, 0.9019), "Set14": (28.49, 0.8184)}),
     ("SRGAN (GAN)", "1.5M", {"Set5": (29.40, 0.8472), "Set14": (26.02, 0.7397)}),
-    ("IMDN", "715K", {"Set5": (32.21, 0.8948)}),
-    ("RRDB (ESRGAN's G, PSNR-trained)", "16.7M", {"Set5": (32.73, 0.9011), "Set14": (28.99, 0.7917)}),
+    ("IMDN", "715K", {"Set5": (32.21, 0.8948), "Urban100": (26.04, 0.7838)}),
+    (
+        "RRDB (ESRGAN's G, PSNR-trained)",
+        "16.7M",
+        {"Set5": (32.73, 0.9011), "Set14": (28.99, 0.7917), "Urban100": (27.03, 0.8153)},
+    ),
 ]
 # The denoising baselines measured here: label, method.
 DENOISE_BASELINES = [
