@@ -15,7 +15,8 @@
 Every part also reports the model's paired gains over each method it was compared with, with 95 % intervals.
 
 Prepared data, models, per-image CSVs and comparison grids go to the work folder (git-ignored); the report
-(quality.md + quality.json) goes to --out.
+(quality.md + quality.json) goes to --out; parts this run did not redo are kept from the report already there when
+it was measured on the same data sets and FID protocol.
 
     .venv/bin/python -m benchmarks.quality --threads 1          # sr, denoise and inpaint
     .venv/bin/python -m benchmarks.quality --parts sr --sr-steps 300
