@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from datetime import UTC, datetime
@@ -83,6 +84,20 @@ def machine_line(info: dict[str, Any]) -> str:
         f"({info['torch_threads']} torch threads), 1-min load average {info['load_average_1m_at_start']} at start, "
         f"{info.get('load_average_1m_at_end', '?')} at end (shared machine)"
     )
+
+
+def shown_path(path: Path) -> Path:
+    """`path` relative to the repository when it lies inside it (as reports show it), else as it is."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def earlier_parts(report: Path, protocol: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The parts of the JSON report a benchmark wrote earlier, or none when it is absent or was measured under
+    another protocol: a run of some parts keeps the others with this."""
+    if not report.is_file():
+        return {}
+    earlier = json.loads(report.read_text())
+    return earlier.get("parts", {}) if earlier.get("protocol") == protocol else {}
 
 
 def gain_cell(m: Metric, gain: dict[str, Any], baseline: str) -> str:

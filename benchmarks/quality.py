@@ -50,6 +50,7 @@ from benchmarks.common import (
     WORK,
     config_params,
     describe_model,
+    earlier_parts,
     gain_cell,
     machine,
     machine_line,
@@ -379,17 +380,6 @@ def training_table(parts: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def earlier_parts(report: Path, protocol: dict[str, Any], exclude: set[str]) -> dict[str, dict[str, Any]]:
-    """The parts of an earlier quality.json measured under the same protocol, less those this run redid, so that
-    evaluating one part does not drop the others from the report."""
-    if not report.is_file():
-        return {}
-    earlier = json.loads(report.read_text())
-    if earlier.get("protocol") != protocol:
-        return {}
-    return {part: result for part, result in earlier["parts"].items() if part not in exclude and "evaluated" in result}
-
-
 def render(parts: dict[str, dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
     out = [
         "# Quality benchmark",
@@ -520,7 +510,8 @@ def main(argv: list[str] | None = None) -> None:
     if not parts:
         raise SystemExit(f"nothing to report: no part could run with the data sets in {datasets}")
     protocol = {"datasets": str(datasets), "fid_crops": args.fid_crops, "fid_crop_size": args.fid_crop_size}
-    kept = earlier_parts(args.out / "quality.json", protocol, exclude=set(parts))
+    earlier = earlier_parts(args.out / "quality.json", protocol)
+    kept = {part: result for part, result in earlier.items() if part not in parts and "evaluated" in result}
     if kept:
         print(f"kept {', '.join(kept)} from the earlier report in {args.out} (same data sets and FID protocol)")
     parts = {part: (parts | kept)[part] for part in PARTS if part in parts | kept}

@@ -30,7 +30,17 @@ from typing import Any
 if not __package__:  # run as `python benchmarks/quality_tasks.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, RESULTS, WORK, config_params, describe_model, machine, machine_line
+from benchmarks.common import (
+    REPO,
+    RESULTS,
+    WORK,
+    config_params,
+    describe_model,
+    earlier_parts,
+    machine,
+    machine_line,
+    shown_path,
+)
 from gan_enhance.data.prepare import prepare_stage
 from gan_enhance.device import disable_telemetry
 from gan_enhance.evaluation.report import MODEL
@@ -77,7 +87,7 @@ def run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": result.metrics["train_seconds"],
         "eval_seconds": time.perf_counter() - started,
         "metrics": metrics,
-        "grid": str((work / "eval" / "comparison.png").relative_to(REPO)),
+        "grid": str(shown_path(work / "eval" / "comparison.png")),
     }
 
 
@@ -117,19 +127,6 @@ def render(parts: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def earlier_parts(out: Path) -> dict[str, dict[str, Any]]:
-    """The parts of the report already in `out` (each with the machine line of its run), or none."""
-    report = out / "quality_tasks.json"
-    if not report.is_file():
-        return {}
-    earlier = json.loads(report.read_text())
-    return {
-        part: {"machine": earlier.get("machine"), **outcome}  # reports before per-part lines had one machine
-        for part, outcome in earlier.get("parts", {}).items()
-        if part in PARTS
-    }
-
-
 def update_docs(section: str) -> None:
     """Replace the `## More tasks` section of docs/benchmarks.md (up to the next `## ` heading), or append it."""
     text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n"
@@ -160,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     measured = {part: run_part(part, args) for part in args.parts}
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     info["wall_seconds"] = round(time.perf_counter() - started, 1)
-    parts = {**earlier_parts(args.out), **{part: {"machine": info, **outcome} for part, outcome in measured.items()}}
+    earlier = earlier_parts(args.out / "quality_tasks.json")
+    parts = {**earlier, **{part: {"machine": info, **outcome} for part, outcome in measured.items()}}
     parts = {part: parts[part] for part in PARTS if part in parts}
     report = render(parts)
     print(report)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import quality
-from benchmarks.common import config_names, config_params
+from benchmarks.common import config_names, config_params, earlier_parts
 
 from .conftest import photo_crops
 
@@ -47,6 +47,7 @@ def test_a_report_keeps_the_earlier_parts_measured_under_the_same_protocol(tmp_p
     parts = {"sr": {"evaluated": "2026-12-01T03:00:00+00:00"}, "denoise": {"evaluated": "2026-12-01T03:10:00+00:00"}}
     report = tmp_path / "quality.json"
     report.write_text(json.dumps({"protocol": protocol, "parts": parts}))
-    assert quality.earlier_parts(report, protocol, exclude={"denoise"}) == {"sr": parts["sr"]}
-    assert quality.earlier_parts(report, {**protocol, "fid_crops": 64}, exclude=set()) == {}
-    assert quality.earlier_parts(tmp_path / "absent.json", protocol, exclude=set()) == {}
+    assert earlier_parts(report, protocol) == parts
+    assert earlier_parts(report, {**protocol, "fid_crops": 64}) == {}
+    assert earlier_parts(report) == {}  # a report with a protocol is not one without
+    assert earlier_parts(tmp_path / "absent.json", protocol) == {}

@@ -3,13 +3,14 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from gan_enhance.inference import Enhancer
 from gan_enhance.models.artifact import ArtifactError, ModelCard, load_generator, save_generator
 from gan_enhance.models.registry import build, names
 from gan_enhance.training.ema import EMA
-from gan_enhance.training.losses import artifact_loss, gaussian_blur, pixel_loss
+from gan_enhance.training.losses import artifact_loss, discriminator_loss, gaussian_blur, pixel_loss
 
 
 def _card(arch: str = "srvgg", scale: int = 2, **kwargs) -> ModelCard:
@@ -150,6 +151,19 @@ def test_lowpass_pixel_loss_ignores_detail_finer_than_its_band_and_keeps_the_res
     assert pixel_loss("l1", textured, target) == pytest.approx(0.1)
     assert pixel_loss("l1", textured, target, lowpass=1.5) < 0.002
     assert pixel_loss("l1", target + 0.1, target, lowpass=1.5) == pytest.approx(0.1, rel=1e-4)
+
+
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_real_label():
+    real, fake = torch.randn(16), torch.randn(16)
+    smoothed = discriminator_loss("vanilla", real, fake, real_label=0.9)
+    expected = F.binary_cross_entropy_with_logits(real, torch.full_like(real, 0.9)) + F.softplus(fake).mean()
+    assert smoothed == pytest.approx(expected.item(), abs=1e-6)
+    assert discriminator_loss("vanilla", real, fake) == pytest.approx(
+        (F.softplus(-real).mean() + F.softplus(fake).mean()).item(), abs=1e-6
+    )
+    confident = torch.full((16,), 20.0)  # D certain the reals are real: smoothing still pulls its logits down
+    plain = discriminator_loss("vanilla", confident, fake)
+    assert discriminator_loss("vanilla", confident, fake, real_label=0.9) > plain
 
 
 def test_artifact_loss_pulls_only_where_the_output_errs_more_than_the_stable_model():

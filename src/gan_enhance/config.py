@@ -240,6 +240,13 @@ class TrainParams(_Section):
         description="Paired tasks: std of Gaussian noise added to every image the discriminator sees, real and fake "
         "(instance noise, Sonderby et al. 2017): detail finer than that noise can no longer tell them apart.",
     )
+    real_label: float = Field(
+        1.0,
+        gt=0.5,
+        le=1,
+        description="Generation: the target for real images in the discriminator's loss; below 1 is one-sided label "
+        "smoothing (Salimans et al. 2016): the discriminator never becomes certain, so the generator keeps a gradient.",
+    )
     conditional_discriminator: bool = Field(
         False,
         description="Paired tasks: the discriminator sees the input beside the image (upsampled to its size), as "

@@ -32,6 +32,9 @@ PAIRED_ONLY = (
     "conditional_discriminator",
 )
 
+# train.* keys that only the DCGAN trainer reads
+UNCONDITIONAL_ONLY = ("real_label",)
+
 
 @cache
 def load(ref: str) -> Any:
@@ -69,6 +72,7 @@ KINDS: dict[KindName, Kind] = {
         trainer="gan_enhance.training.paired:PairedTrainer",
         evaluation="gan_enhance.evaluation.paired:evaluate_paired",
         inference="gan_enhance.inference.image:ImageEnhancer",
+        unread_train_keys=UNCONDITIONAL_ONLY,
         evaluates_folders=True,
     ),
     "masked": Kind(
@@ -77,6 +81,7 @@ KINDS: dict[KindName, Kind] = {
         trainer="gan_enhance.training.paired:PairedTrainer",
         evaluation="gan_enhance.evaluation.paired:evaluate_paired",
         inference="gan_enhance.inference.inpainting:InpaintingEnhancer",
+        unread_train_keys=UNCONDITIONAL_ONLY,
         evaluates_folders=True,
     ),
     "unpaired": Kind(
@@ -85,7 +90,7 @@ KINDS: dict[KindName, Kind] = {
         trainer="gan_enhance.training.cyclegan:CycleGANTrainer",
         evaluation="gan_enhance.evaluation.translation:evaluate_translation",
         inference="gan_enhance.inference.image:ImageEnhancer",
-        unread_train_keys=PAIRED_ONLY,
+        unread_train_keys=(*PAIRED_ONLY, *UNCONDITIONAL_ONLY),
     ),
     "unconditional": Kind(
         "unconditional",

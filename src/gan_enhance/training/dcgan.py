@@ -77,7 +77,9 @@ class DCGANTrainer(OneGANTrainer):
         with self.autocast():
             real_logits, _ = self.D_step(real)
             fake_logits, _ = self.D_step(fake.detach())
-            loss_d = losses.discriminator_loss("vanilla", real_logits.float(), fake_logits.float())
+            loss_d = losses.discriminator_loss(
+                "vanilla", real_logits.float(), fake_logits.float(), real_label=tp.real_label
+            )
         self.update(self.opt_d, self.sched_d, loss_d, self.D)
 
         self.D.requires_grad_(False)  # frozen, and called outside its DDP wrapper: no gradient to reduce

@@ -38,11 +38,14 @@ def pixel_loss(
     raise ValueError(f"unknown pixel loss '{kind}'; use l1, charbonnier or l2")
 
 
-def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor, mean: Mean = torch.mean) -> torch.Tensor:
+def discriminator_loss(
+    kind: str, real: torch.Tensor, fake: torch.Tensor, mean: Mean = torch.mean, real_label: float = 1.0
+) -> torch.Tensor:
     """Loss for D given its logits on real and (detached) fake images. `mean` takes RaGAN's batch means (over the
-    global batch when several processes train)."""
+    global batch when several processes train); `real_label` < 1 smooths the vanilla loss's real target."""
     if kind == "vanilla":
-        return F.softplus(-real).mean() + F.softplus(fake).mean()
+        real_loss = real_label * F.softplus(-real) + (1 - real_label) * F.softplus(real)  # BCE against real_label
+        return real_loss.mean() + F.softplus(fake).mean()
     if kind == "lsgan":
         return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
     if kind == "hinge":
