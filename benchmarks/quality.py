@@ -514,7 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     kept = {part: result for part, result in earlier.items() if part not in parts and "evaluated" in result}
     if kept:
         print(f"kept {', '.join(kept)} from the earlier report in {args.out} (same data sets and FID protocol)")
-    parts = {part: (parts | kept)[part] for part in PARTS if part in parts | kept}
+    merged = parts | kept
+    parts = {part: merged[part] for part in PARTS if part in merged}
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     info["wall_seconds"] = round(time.perf_counter() - started, 1)
     report = render(parts, info, args)
