@@ -44,10 +44,25 @@ def test_identical_images_have_ssim_one_and_metrics_need_uint8():
 class _Precomputed(nn.Module):
     """Lets torchmetrics' FID/KID consume features directly."""
 
-    num_features = 2048
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
+
+
+def _features(n: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    real = torch.rand(n, dim, generator=gen, dtype=torch.float64)
+    return real, (real + 0.2 * torch.randn(n, dim, generator=gen, dtype=torch.float64)).abs()
+
+
+def _torchmetrics_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    fid = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    return float(fid.compute())
 
 
 def test_fid_is_zero_for_a_set_against_itself_and_grows_with_noise():
@@ -62,27 +77,42 @@ def test_fid_is_zero_for_a_set_against_itself_and_grows_with_noise():
     assert stats.point("noisy", "kid") > stats.point("same", "kid")
 
 
-def test_fid_and_kid_from_gram_matrices_equal_torchmetrics():
-    gen = torch.Generator().manual_seed(0)
-    real = torch.rand(40, 2048, generator=gen, dtype=torch.float64)
-    fake = (real + 0.2 * torch.randn(40, 2048, generator=gen, dtype=torch.float64)).abs()
-    fid = FrechetInceptionDistance(feature=_Precomputed())
-    kid = KernelInceptionDistance(feature=_Precomputed(), subsets=1, subset_size=40)  # one subset: all samples
-    for metric in (fid, kid):
-        metric.update(real, real=True)
-        metric.update(fake, real=False)
-    stats = CropStatistics(real.numpy(), {"fake": fake.numpy()})
-    assert stats.point("fake", "fid") == pytest.approx(float(fid.compute()), rel=1e-6)
-    # KID: torchmetrics' value with the cross term over distinct pairs instead of all pairs (see uncertainty.py)
-    k_rf = ((real @ fake.T) / 2048 + 1) ** 3
-    all_pairs, distinct = k_rf.mean(), (k_rf.sum() - k_rf.diagonal().sum()) / (40 * 39)
+def test_fid_and_kid_equal_torchmetrics_where_the_covariances_have_full_rank():
+    # 400 samples of 64 features: both covariances have full rank and condition numbers near 10, so both ways of
+    # computing FID (ours: the nuclear norm of a cross Gram matrix; torchmetrics: eigenvalues of S_r S_f) are
+    # well-conditioned and agree to float64 round-off times the dimension, whatever BLAS kernels the CPU picks
+    real, fake = _features(400, 64)
+    dim = real.shape[1]
+    assert torch.linalg.cond(torch.cov(real.T)) < 100 and torch.linalg.cond(torch.cov(fake.T)) < 100
+    stats = CropStatistics(real.numpy(), {"fake": fake.numpy(), "fewer": fake[:300].numpy()})
+    assert stats.point("fake", "fid") == pytest.approx(_torchmetrics_fid(real, fake), rel=1e-9)
+    assert stats.point("fewer", "fid") == pytest.approx(_torchmetrics_fid(real, fake[:300]), rel=1e-9)
+    # KID: torchmetrics' value with the cross term over distinct pairs instead of all pairs (see uncertainty.py);
+    # sums of positive kernel values in float64: round-off ~1e-13 relative
+    kid = KernelInceptionDistance(feature=_Precomputed(dim), subsets=1, subset_size=400)  # one subset: all samples
+    kid.update(real, real=True)
+    kid.update(fake, real=False)
+    k_rf = ((real @ fake.T) / dim + 1) ** 3
+    all_pairs, distinct = k_rf.mean(), (k_rf.sum() - k_rf.diagonal().sum()) / (400 * 399)
     expected = float(kid.compute()[0]) + 2 * float(all_pairs - distinct)
     assert stats.point("fake", "kid") == pytest.approx(expected, rel=1e-9)
-    unequal = CropStatistics(real.numpy(), {"fake": fake[:30].numpy()})
-    fid.reset()
-    fid.update(real, real=True)
-    fid.update(fake[:30], real=False)
-    assert unequal.point("fake", "fid") == pytest.approx(float(fid.compute()), rel=1e-6)
+
+
+def test_fid_with_fewer_crops_than_features_is_within_torchmetrics_round_off_bound():
+    # The evaluation's own case (192 crops of 2048 Inception features): the covariances have rank n - 1, and S_r S_f
+    # has d - (n - 1) eigenvalues that are zero in exact arithmetic. An eigen-solver returns them as round-off of
+    # size up to ~eps * ||S_r|| ||S_f|| (some negative or complex); torchmetrics sums their square roots, each up to
+    # sqrt(eps * ||S_r|| ||S_f||), so its trace term carries an error up to 2 (d - n + 1) sqrt(eps ||S_r|| ||S_f||)
+    # that depends on the CPU's LAPACK kernels (1.7e-6 relative on an AMD EPYC, 0.9e-6 here). Ours never forms a
+    # d x d product: it takes the nuclear norm of the n x n centred cross Gram matrix, which has no such zero
+    # eigenvalues; the two may differ by that bound and no more.
+    real, fake = _features(40, 2048)
+    n, dim = real.shape
+    norms = torch.linalg.matrix_norm(torch.cov(real.T), 2) * torch.linalg.matrix_norm(torch.cov(fake.T), 2)
+    bound = 2 * (dim - n + 1) * float(torch.sqrt(torch.finfo(torch.float64).eps * norms))
+    ours = CropStatistics(real.numpy(), {"fake": fake.numpy()}).point("fake", "fid")
+    assert abs(ours - _torchmetrics_fid(real, fake)) <= bound
+    assert bound < 1e-5 * ours  # the bound is tight enough to catch a wrong formula (e.g. a missing 1/(n-1))
 
 
 def test_kid_of_paired_crops_does_not_depend_on_their_number():
