@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.gan_recipes                           # every recipe not yet in the work folder
     .venv/bin/python -m benchmarks.gan_recipes --recipes default unet_d   # some of them
     .venv/bin/python -m benchmarks.gan_recipes --report-only              # the table from the runs already there
+    .venv/bin/python -m benchmarks.gan_recipes --recipes default perc --report perceptual  # a series of its own
 
 Each recipe in benchmarks/configs/gan_recipes.yaml is dotted overrides on top of params.yaml (the default run: x4
 SR on the embedded photos; its prepared data, data/prepared, comes from `dvc repro prepare`). Training is the
@@ -54,6 +55,8 @@ ADVERSARIAL_ONLY = {
     "conditional_discriminator",
     "checkpoint_every",
     "keep_checkpoints",
+    "adversarial_mask",
+    "texture_mask",
 }
 SHOWN = [(metric, baseline) for baseline in ("bicubic", "pixel_only") for metric in ("psnr", "fid", "kid")]
 
@@ -77,6 +80,9 @@ def pixel_phase_key(trainer: PairedTrainer) -> str:
     dumped = trainer.params.model_dump(mode="json")
     train = {k: v for k, v in dumped["train"].items() if k not in ADVERSARIAL_ONLY and not k.endswith("_dir")}
     train["weights"] = {"pixel": train["weights"]["pixel"]}
+    perceptual = trainer.params.train.perceptual
+    if not perceptual.enabled or perceptual.phase == "adversarial":
+        del train["perceptual"]  # not read before warmup_steps
     key = [dumped["seed"], dumped["task"], dumped["model"]["generator"], train, trainer.data_hash, _code_hash()]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -185,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     only.add_argument("--eval-only", action="store_true", help="evaluate recipes trained before (--train-only)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument(
+        "--report",
+        default="gan_recipes",
+        help="report name: benchmarks/results/<name>.{md,json}, of the recipes chosen (default: every recipe run)",
+    )
+    parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe (e.g. train.steps=300)"
     )
     args = parser.parse_args(argv)
@@ -214,13 +225,14 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_recipe(name)
     if args.train_only:
         return 0
-    summaries = [json.loads((OUT / n / SUMMARY).read_text()) for n in available if (OUT / n / SUMMARY).is_file()]
+    shown = chosen if args.recipes else list(available)
+    summaries = [json.loads((OUT / n / SUMMARY).read_text()) for n in shown if (OUT / n / SUMMARY).is_file()]
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     table = report(summaries)
     print(table)
     text = f"# GAN recipes on the default run\n\n{machine_line(info)}\n\n{table}\n"
-    (RESULTS / "gan_recipes.md").write_text(text)
-    (RESULTS / "gan_recipes.json").write_text(json.dumps(summaries, indent=2, default=str))
+    (RESULTS / f"{args.report}.md").write_text(text)
+    (RESULTS / f"{args.report}.json").write_text(json.dumps(summaries, indent=2, default=str))
     return 0
 
 

@@ -138,6 +138,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, tiny_
         "tracking.enabled=false",
         "-S",
         "train.threads=1",
+        # every kind of loss term: a random-feature perceptual and texture loss, a region-aware adversarial loss
+        "-S",
+        "train.perceptual.network=random",
+        "-S",
+        "train.perceptual.texture_weight=0.1",
+        "-S",
+        "train.adversarial_mask=texture",
     ]
     folders = []
     for name in ("straight", "killed"):
@@ -174,6 +181,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, tiny_
     assert a.keys() == b.keys()
     for key in a:
         assert (a[key] == b[key]).all(), f"{key} differs after resume"
+    card = json.loads((killed / "models/generator/card.json").read_text())
+    assert card["losses"]["perceptual"]["network"] == "random" and card["losses"]["perceptual"]["seed"] == 0
+    assert card["losses"]["adv"]["mask"] == "texture"
+    assert "loss_texture" in (killed / "reports/train/curves.csv").read_text()
 
 
 def test_cli_reports_bad_params_in_one_line(tiny_project: Path):

@@ -182,6 +182,70 @@ class LossWeights(_Section):
     )
 
 
+class RandomFeaturesParams(_Section):
+    """A randomly weighted VGG19-layout feature network, drawn at start from `seed` (never stored or downloaded)."""
+
+    width: float = Field(
+        0.25, gt=0, le=2, description="Channel widths as a fraction of VGG19's (0.25: 16-32-64-128-128 channels)."
+    )
+    init: Literal["kaiming_normal", "kaiming_uniform", "orthogonal"] = "kaiming_normal"
+    seed: int = Field(0, description="Seeds the feature network's weights (the run and the card record it).")
+
+
+class PerceptualParams(_Section):
+    """A perceptual loss on a frozen network's features (ESRGAN: VGG19 conv5_4 before its ReLU, L1, weight 1),
+    and a texture loss on the Gram matrices of the same features (EnhanceNet)."""
+
+    network: Literal["none", "random", "vgg19"] = Field(
+        "none", description="none: off; random: VGG19's layout with seeded random weights; vgg19: ImageNet weights."
+    )
+    layers: dict[str, float] = Field(
+        default_factory=lambda: {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0},
+        description="Feature layer (conv<block>_<n>, before its ReLU) -> its weight; default: Real-ESRGAN's.",
+    )
+    weight: float = Field(1.0, ge=0, description="Weight of the feature distance in the generator's loss.")
+    criterion: Literal["l1", "l2"] = "l1"
+    texture_weight: float = Field(0.0, ge=0, description="Weight of the Gram-matrix (texture) distance; 0: off.")
+    phase: Literal["all", "adversarial"] = Field(
+        "all", description="all: from step 0 (the pixel phase too); adversarial: only after warmup_steps."
+    )
+    masked: bool = Field(False, description="Weight the feature distance by train.texture_mask as well.")
+    vgg19_path: Path | None = Field(
+        None, description="torchvision's vgg19-dcbb9e9d.pth; None: torch's hub cache ($TORCH_HOME/hub/checkpoints)."
+    )
+    random: RandomFeaturesParams = RandomFeaturesParams()
+
+    @field_validator("layers")
+    def _vgg19_layers(cls, value: dict[str, float]) -> dict[str, float]:
+        from gan_enhance.models.features import layer_indices
+
+        known = layer_indices()
+        unknown = sorted(set(value) - set(known))
+        if unknown or not value:
+            raise ValueError(f"layers must name VGG19 layers ({', '.join(known)}); got {unknown or 'none'}")
+        if any(weight < 0 for weight in value.values()):
+            raise ValueError(f"layer weights must be >= 0; got {value}")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.network != "none" and (self.weight > 0 or self.texture_weight > 0)
+
+
+class TextureMaskParams(_Section):
+    """Where the target has texture (Beby-GAN's region-aware mask): the local standard deviation of its luma over
+    a window x window neighbourhood exceeds threshold (images in [0, 1]; Beby-GAN's code: 7 and 0.03)."""
+
+    window: int = Field(7, ge=3, le=63, description="Odd side of the neighbourhood, in target pixels.")
+    threshold: float = Field(0.03, ge=0, le=0.5)
+
+    @field_validator("window")
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"window must be odd (it is centred on each pixel); got {value}")
+        return value
+
+
 class DistributedParams(_Section):
     """How many training processes, on how many nodes (PyTorch's elastic launcher, torchrun, starts them)."""
 
@@ -232,6 +296,13 @@ class TrainParams(_Section):
         "Gaussian of this sigma (target pixels), leaving finer detail to the discriminator; 0: the whole band.",
     )
     weights: LossWeights = LossWeights()
+    perceptual: PerceptualParams = PerceptualParams()
+    adversarial_mask: Literal["none", "texture"] = Field(
+        "none",
+        description="Paired tasks: texture weights the per-pixel adversarial loss by train.texture_mask (Beby-GAN): "
+        "flat regions of the target get no adversarial push.",
+    )
+    texture_mask: TextureMaskParams = TextureMaskParams()
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images; 0 turns it off.")
     instance_noise: float = Field(
         0.0,

@@ -30,6 +30,9 @@ PAIRED_ONLY = (
     "r1_gamma",
     "instance_noise",
     "conditional_discriminator",
+    "perceptual",
+    "adversarial_mask",
+    "texture_mask",
 )
 
 # train.* keys that only the DCGAN trainer reads

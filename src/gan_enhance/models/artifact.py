@@ -46,6 +46,7 @@ class ModelCard:
     params_fingerprint: str | None = None
     steps: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    losses: dict[str, Any] = field(default_factory=dict)  # the generator's loss terms and their settings
     created: str | None = None
     gan_enhance_version: str | None = None
     card_version: int = CARD_VERSION

@@ -1,4 +1,5 @@
-"""Pixel, adversarial and feature-matching losses."""
+"""The loss functions: pixel, adversarial, feature matching, R1, LDL's artifact loss (training/terms.py makes the
+generator's terms of them)."""
 
 from __future__ import annotations
 
@@ -55,17 +56,24 @@ def discriminator_loss(
     raise ValueError(f"unknown GAN loss '{kind}'; use vanilla, lsgan, hinge or ragan")
 
 
-def generator_adv_loss(kind: str, real: torch.Tensor, fake: torch.Tensor, mean: Mean = torch.mean) -> torch.Tensor:
-    """Adversarial loss for G given D's logits on real (detached) and fake images; `mean` as for D."""
+def generator_adv_loss(
+    kind: str, real: torch.Tensor, fake: torch.Tensor, mean: Mean = torch.mean, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Adversarial loss for G given D's logits on real (detached) and fake images; `mean` as for D. `weight`, a map
+    broadcastable to the logits, weights each logit's loss before the mean (a region-aware loss)."""
     if kind == "vanilla":
-        return F.softplus(-fake).mean()
-    if kind == "lsgan":
-        return 0.5 * ((fake - 1) ** 2).mean()
-    if kind == "hinge":
-        return -fake.mean()
-    if kind == "ragan":
-        return 0.5 * (F.softplus(real - mean(fake)).mean() + F.softplus(-(fake - mean(real))).mean())
-    raise ValueError(f"unknown GAN loss '{kind}'; use vanilla, lsgan, hinge or ragan")
+        per_logit = F.softplus(-fake)
+    elif kind == "lsgan":
+        per_logit = 0.5 * (fake - 1) ** 2
+    elif kind == "hinge":
+        per_logit = -fake
+    elif kind == "ragan":
+        if weight is None:
+            return 0.5 * (F.softplus(real - mean(fake)).mean() + F.softplus(-(fake - mean(real))).mean())
+        per_logit = 0.5 * (F.softplus(real - mean(fake)) + F.softplus(-(fake - mean(real))))
+    else:
+        raise ValueError(f"unknown GAN loss '{kind}'; use vanilla, lsgan, hinge or ragan")
+    return per_logit.mean() if weight is None else (per_logit * weight).mean()
 
 
 def feature_matching_loss(real_feats: list[torch.Tensor], fake_feats: list[torch.Tensor]) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """The GAN trainer for paired tasks (and masked ones: inpainting): the task makes each (input, target) pair.
 
-Phase 1 (step < warmup_steps): pixel loss only. Phase 2: adversarial + discriminator feature matching,
-pixel loss kept. The EMA generator is the deliverable; its state when phase 1 ended is exported beside it as its
-PSNR twin (`pixel_only`), which the evaluation scores as a baseline: what the adversarial phase bought.
+Phase 1 (step < warmup_steps): the pixel loss (and a perceptual/texture loss whose phase is `all`). Phase 2: the
+adversarial terms join (GAN loss, discriminator feature matching, artifact loss), the others kept. The generator's
+loss is the sum of the terms training/terms.py builds from train.*; each is logged as loss_<name>. The EMA
+generator is the deliverable; its state when phase 1 ended is exported beside it as its PSNR twin (`pixel_only`),
+which the evaluation scores as a baseline: what the adversarial phase bought.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gan_enhance.models.artifact import PIXEL_TWIN
 from gan_enhance.training import losses
 from gan_enhance.training.base import OneGANTrainer
 from gan_enhance.training.ema import EMA
+from gan_enhance.training.terms import GeneratorStep, Verdicts, build_terms
 from gan_enhance.visual import image_grid
 
 
@@ -61,6 +64,7 @@ class PairedTrainer(OneGANTrainer):
         self.sched_g = self.scheduler(self.opt_g, tp.steps)
         self.sched_d = self.scheduler(self.opt_d, max(tp.steps - tp.warmup_steps, 1))  # D trains after warm-up
         self.twin = copy.deepcopy(self.ema.model) if self.has_adversarial_phase() else None
+        self.terms = build_terms(tp, self.task, self.batch_mean, self.device)
 
     def has_adversarial_phase(self) -> bool:
         tp = self.params.train
@@ -80,7 +84,7 @@ class PairedTrainer(OneGANTrainer):
         return {"adversarial phase starts": self.params.train.warmup_steps} if self.has_adversarial_phase() else {}
 
     def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
-        return self.ema.model, {}
+        return self.ema.model, {"losses": {term.name: term.settings() for term in self.terms}}
 
     def judged(self, images: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """What the discriminator sees: the images (plus instance noise, if set), with a conditional discriminator
@@ -126,34 +130,37 @@ class PairedTrainer(OneGANTrainer):
             logs["loss_d"] = loss_d.item()
             target = target.detach()
 
+        step_terms = GeneratorStep(
+            fake.float(),
+            target,
+            inp,
+            step >= tp.warmup_steps,
+            judge=partial(self._verdicts, fake, target, inp),
+            stable=partial(self.ema.model, inp),
+            mask_settings=tp.texture_mask,
+        )
         with self.autocast():
-            lowpass = tp.pixel_lowpass if adversarial else 0.0
-            pixel = partial(losses.pixel_loss, tp.pixel_loss, lowpass=lowpass)
-            loss_pix = self.task.pixel_loss(pixel, fake.float(), target, inp)
-            loss_g = tp.weights.pixel * loss_pix
-            if adversarial:
-                self.D.requires_grad_(False)  # frozen, and called outside its DDP wrapper: no gradient to reduce
-                fake_logits, fake_feats = self.D(self.judged(fake, inp))
-                with torch.no_grad():
-                    real_logits, real_feats = self.D(self.judged(target, inp))
-                loss_adv = losses.generator_adv_loss(
-                    tp.gan_loss, real_logits.float(), fake_logits.float(), mean=self.batch_mean
-                )
-                loss_fm = losses.feature_matching_loss(real_feats, fake_feats)
-                loss_g = loss_g + tp.weights.adversarial * loss_adv + tp.weights.feature_matching * loss_fm
-                logs["loss_adv"], logs["loss_fm"] = loss_adv.item(), loss_fm.item()
-                if tp.weights.artifact > 0:
-                    with torch.no_grad():
-                        stable = self.ema.model(inp).float()
-                    loss_art = losses.artifact_loss(fake.float(), stable, target)
-                    loss_g = loss_g + tp.weights.artifact * loss_art
-                    logs["loss_artifact"] = loss_art.item()
+            loss_g = None
+            for term in self.terms:
+                if term.active(step_terms.adversarial):
+                    value = term.value(step_terms)
+                    loss_g = term.weight * value if loss_g is None else loss_g + term.weight * value
+                    logs[f"loss_{term.name}"] = value.item()
         self.update(self.opt_g, self.sched_g, loss_g, self.G)
         self.ema.update(self.G, tp.batch_size, (step + 1) * tp.batch_size)  # global batch: the same on every rank
         if self.twin is not None and step + 1 == tp.warmup_steps:
             self.twin.load_state_dict(self.ema.model.state_dict())
-        logs["loss_pixel"], logs["loss_g"] = loss_pix.item(), loss_g.item()
+        logs["loss_g"] = loss_g.item()
         return logs
+
+    def _verdicts(self, fake: torch.Tensor, target: torch.Tensor, inp: torch.Tensor) -> Verdicts:
+        """D on the output (with gradient to G) and on the target; D frozen, and called outside its DDP wrapper:
+        no gradient to reduce."""
+        self.D.requires_grad_(False)
+        fake_logits, fake_feats = self.D(self.judged(fake, inp))
+        with torch.no_grad():
+            real_logits, real_feats = self.D(self.judged(target, inp))
+        return fake_logits, fake_feats, real_logits, real_feats
 
     @torch.inference_mode()
     def validate(self, step: int) -> dict[str, float]:
