@@ -14,6 +14,8 @@ from gan_enhance.serving.png import encode_png
 from gan_enhance.serving.settings import ServeSettings, SettingsError
 from gan_enhance.serving.timing import StageTimes, parse_server_timing
 
+pytestmark = pytest.mark.numeric  # also run on a second CPU code path (make test-cpu-path)
+
 LOSSY_MIN_PSNR_DB = 36.0  # JPEG and WebP at quality 95 on a photo crop (measured: 38.0 and 38.6 dB)
 
 

@@ -8,6 +8,8 @@ from gan_enhance.tasks import build_task, task_from_card
 
 from .conftest import photo_crops
 
+pytestmark = pytest.mark.numeric  # also run on a second CPU code path (make test-cpu-path)
+
 
 def test_bicubic_shapes_and_dtype():
     hr = crop_to_multiple(photo_crops(1, size=99)[0], 3)

@@ -12,6 +12,8 @@ from gan_enhance.evaluation.uncertainty import CropStatistics
 
 from .conftest import photo_crops
 
+pytestmark = pytest.mark.numeric  # also run on a second CPU code path (make test-cpu-path)
+
 
 def test_y_channel_psnr_matches_a_hand_computed_value():
     target = np.zeros((32, 32, 3), np.uint8)

@@ -12,6 +12,8 @@ from gan_enhance.models.registry import build, names
 from gan_enhance.training.ema import EMA
 from gan_enhance.training.losses import artifact_loss, discriminator_loss, gaussian_blur, pixel_loss
 
+pytestmark = pytest.mark.numeric  # also run on a second CPU code path (make test-cpu-path)
+
 
 def _card(arch: str = "srvgg", scale: int = 2, **kwargs) -> ModelCard:
     kwargs = kwargs or {"num_feat": 8, "num_conv": 3}

@@ -30,6 +30,8 @@ from gan_enhance.training.pool import ImagePool
 
 from .conftest import photo_crops
 
+pytestmark = pytest.mark.numeric  # also run on a second CPU code path (make test-cpu-path)
+
 INPAINT = {"task.name": "inpaint", "model.generator": {"name": "gated_unet", "num_feat": 8, "depth": 2}}
 TRANSLATE = {"task.name": "translate", "model.generator": {"name": "cyclegan_resnet", "num_feat": 8, "num_blocks": 1}}
 GENERATE = {

@@ -29,6 +29,8 @@ from gan_enhance.training.terms import (
     texture_mask,
 )
 
+pytestmark = pytest.mark.numeric  # also run on a second CPU code path (make test-cpu-path)
+
 
 def _torchvision_vgg19_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """A state dict with torchvision's vgg19() key names and shapes (features and classifier), random values."""

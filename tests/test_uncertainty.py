@@ -14,6 +14,8 @@ from gan_enhance.metric_facts import METRICS
 
 from .evidence_support import synthetic_evidence
 
+pytestmark = pytest.mark.numeric  # also run on a second CPU code path (make test-cpu-path)
+
 
 def test_mean_interval_is_students_t_and_infinite_for_one_value():
     values = np.array([30.1, 31.4, 29.8, 30.9])

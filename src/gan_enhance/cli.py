@@ -114,6 +114,37 @@ def train(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
     )
 
 
+@app.command("import")
+def import_(
+    weights: Annotated[Path, typer.Argument(help="A BasicSR/Real-ESRGAN .pth (params_ema, params or a state dict).")],
+    arch: Annotated[str, typer.Option(help="The file's architecture: rrdb (ESRGAN's RRDBNet) or srvgg.")],
+    scale: Annotated[int, typer.Option(help="Its upscaling factor: 4, 2 or 1 for rrdb; 1-4 for srvgg.")],
+    license_: Annotated[
+        str, typer.Option("--license", help="The weights' license as you know it (recorded in the card).")
+    ] = "unknown",
+    name: Annotated[str | None, typer.Option(help="A name for the model card (default: the file's stem).")] = None,
+    task: Annotated[str | None, typer.Option(help="sr or denoise (default: sr for x2-x4, denoise for x1).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Model folder to write (default: models/imported/NAME).")
+    ] = None,
+) -> None:
+    """Import a published generator (ESRGAN, RealESRGAN_x4plus, realesr-general-x4v3, ...) as a model folder.
+
+    The file is read without unpickling code; keys are mapped, every shape checked, and nothing is written unless
+    the whole file fits. Then evaluate and register it as a trained model, e.g.
+    `gan-enhance evaluate -S train.out_dir=models/imported/NAME`.
+    """
+    from gan_enhance.models.importer import import_weights
+
+    folder = out or Path("models/imported") / (name or weights.stem)
+    card = import_weights(weights, arch, scale, folder, license_, name=name, task=task)  # type: ignore[arg-type]
+    typer.echo(
+        f"imported {weights} as {card.arch} {card.arch_kwargs} for {card.task} x{card.scale} into {folder} "
+        f"(sha256 {card.imported['sha256'][:12]}, license {license_}); evaluate it with "
+        f"`gan-enhance evaluate -S train.out_dir={folder}`"
+    )
+
+
 @app.command()
 def evaluate(params_file: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Evaluate the trained generator and the classical baselines on the test split."""

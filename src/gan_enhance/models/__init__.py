@@ -4,6 +4,6 @@ Importing the package registers every architecture: each module below decorates 
 `registry.register`, so a new network needs only its module and its name here.
 """
 
-from gan_enhance.models import dcgan, discriminators, generators, inpainting, registry, translation
+from gan_enhance.models import dcgan, discriminators, generators, inpainting, registry, rrdb, translation
 
-__all__ = ["dcgan", "discriminators", "generators", "inpainting", "registry", "translation"]
+__all__ = ["dcgan", "discriminators", "generators", "inpainting", "registry", "rrdb", "translation"]

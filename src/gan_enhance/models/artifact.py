@@ -47,6 +47,8 @@ class ModelCard:
     steps: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     losses: dict[str, Any] = field(default_factory=dict)  # the generator's loss terms and their settings
+    imported: dict[str, Any] | None = None  # a published generator (gan-enhance import): file, sha256, license
+    parent: dict[str, Any] | None = None  # the model a run fine-tuned (train.init_from): where, and its identity
     created: str | None = None
     gan_enhance_version: str | None = None
     card_version: int = CARD_VERSION

@@ -134,8 +134,11 @@ def vgg19_features(layers: list[str], path: Path | None) -> tuple[FeatureNet, st
     own = net.state_dict()
     wanted = {key: state.get(key) for key in own}
     missing = [key for key, value in wanted.items() if value is None]
-    wrong = [f"{key} {tuple(value.shape)} (VGG19: {tuple(own[key].shape)})" for key, value in wanted.items()
-             if value is not None and value.shape != own[key].shape]  # fmt: skip
+    wrong = [
+        f"{key} {tuple(value.shape)} (VGG19: {tuple(own[key].shape)})"
+        for key, value in wanted.items()
+        if value is not None and value.shape != own[key].shape
+    ]
     if missing or wrong:
         raise FeatureWeightsError(
             f"{path} does not hold torchvision's VGG19 features: "

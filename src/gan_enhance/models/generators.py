@@ -13,8 +13,10 @@ from gan_enhance.models.registry import register
 
 @register("generator", "srvgg", tasks=("sr", "denoise"))
 class SRVGGCompact(nn.Module):
-    """Real-ESRGAN's compact VGG-style net: plain convs at low resolution, then up to the output size, plus a
-    bilinear-upsampled copy of the input so the body only learns the residual detail.
+    """Real-ESRGAN's compact VGG-style net (SRVGGNetCompact: the same `body.N` layout and PReLU activations, so its
+    published weights load): plain convs at low resolution, then up to the output size, plus an upsampled copy of
+    the input so the body only learns the residual detail. `residual`: how that copy is upsampled, `bilinear`
+    (this project's default) or `nearest` (SRVGGNetCompact's: set it for published weights).
 
     upsample: `pixelshuffle` (Real-ESRGAN's: one conv makes scale^2 sub-pixel planes; cheap, but the sub-pixels'
     filters drift apart under an adversarial loss and print a scale-periodic grid) or `resize` (nearest x2 then a
@@ -27,11 +29,14 @@ class SRVGGCompact(nn.Module):
         num_conv: int = 10,
         in_channels: int = 3,
         upsample: Literal["pixelshuffle", "resize"] = "pixelshuffle",
+        residual: Literal["bilinear", "nearest"] = "bilinear",
     ) -> None:
         super().__init__()
         if upsample not in ("pixelshuffle", "resize"):
             raise ValueError(f"unknown upsample '{upsample}'; use pixelshuffle or resize")
-        self.scale = scale
+        if residual not in ("bilinear", "nearest"):
+            raise ValueError(f"unknown residual '{residual}'; use bilinear or nearest")
+        self.scale, self.residual = scale, residual
         layers: list[nn.Module] = [nn.Conv2d(in_channels, num_feat, 3, padding=1), nn.PReLU(num_feat)]
         for _ in range(num_conv):
             layers += [nn.Conv2d(num_feat, num_feat, 3, padding=1), nn.PReLU(num_feat)]
@@ -54,8 +59,11 @@ class SRVGGCompact(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
-        base = x if self.scale == 1 else F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return out + base
+        if self.scale == 1:
+            return out + x
+        if self.residual == "nearest":
+            return out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+        return out + F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
 
 
 @register("generator", "dncnn", tasks=("denoise",))
