@@ -166,3 +166,56 @@ def test_published_realesrgan_weights_import_and_match_ncnn(name: str, tmp_path:
     reference = run_ncnn(name, models_dir(), image)
     assert ours.shape == reference.shape == (128, 144, 3)
     assert np.abs(ours - reference).max() < NCNN_TOLERANCE
+
+
+FAST_EVAL = {"evaluate.fid_crops": 16, "evaluate.fid_crop_size": 32}
+
+
+@pytest.mark.slow
+def test_an_imported_model_is_evaluated_registered_and_fine_tuned_with_lineage(tiny_project: Path):
+    """import -> evaluate -> register (tagged imported) -> fine-tune from models:/NAME/1 with no pixel phase ->
+    evaluate (its parent scored beside it) -> register (tagged fine-tuned, with the parent's identity)."""
+    import mlflow
+
+    from gan_enhance.config import load_params
+    from gan_enhance.data.prepare import prepare_stage
+    from gan_enhance.evaluation.stage import evaluate
+    from gan_enhance.lifecycle.register import register
+    from gan_enhance.training.parent import ParentError
+    from gan_enhance.training.stage import train
+
+    torch.manual_seed(0)
+    published = build("generator", "srvgg", scale=2, num_feat=8, num_conv=2, residual="nearest")
+    import_weights(_state_file(tiny_project / "pub.pth", published), "srvgg", 2, tiny_project / "models/pub", "MIT")
+    imported = load_params("params.yaml", {**FAST_EVAL, "train.out_dir": "models/pub"})
+    prepare_stage(imported)
+    metrics = evaluate(imported)
+    assert set(metrics) >= {"model", "bicubic"} and "pixel_only" not in metrics
+    first = register(imported)
+    client = mlflow.MlflowClient(imported.tracking.uri)
+    tags = client.get_model_version(first.model_name, first.version).tags
+    assert tags["origin"] == "imported" and json.loads(tags["imported"])["license"] == "MIT"
+    assert "imported (no training lineage)" in client.get_model_version(first.model_name, first.version).description
+
+    generator = {"name": "srvgg", "num_feat": 8, "num_conv": 2, "residual": "nearest"}
+    tuned = {**FAST_EVAL, "train.init_from": f"models:/{first.model_name}/1", "train.warmup_steps": 0}
+    with pytest.raises(ParentError, match=r"set model.generator to the parent's"):
+        train(load_params("params.yaml", tuned))  # model.generator is still the default srvgg 8x2, bilinear
+    params = load_params("params.yaml", {**tuned, "model.generator": generator})
+    train(params)
+    card = json.loads(Path("models/generator/card.json").read_text())
+    assert card["parent"]["kind"] == "imported" and card["parent"]["version"] == "1"
+    assert card["parent"]["sha256"] == hashlib_of(tiny_project / "models/pub/generator.safetensors")
+    assert Path("models/generator/parent/card.json").is_file() and not Path("models/generator/pixel_only").exists()
+    assert "loss_adv" in Path("reports/train/curves.csv").read_text().splitlines()[0]  # adversarial from step 0
+    metrics = evaluate(params)
+    assert {"psnr_vs_parent", "kid_vs_parent_low"} <= set(metrics["gain"])
+    second = register(params)
+    tags = client.get_model_version(second.model_name, second.version).tags
+    assert tags["origin"] == "fine-tuned" and json.loads(tags["parent"])["registered_model"] == first.model_name
+
+
+def hashlib_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -296,6 +296,15 @@ class TrainParams(_Section):
         "Gaussian of this sigma (target pixels), leaving finer detail to the discriminator; 0: the whole band.",
     )
     weights: LossWeights = LossWeights()
+    init_from: str | None = Field(
+        None,
+        description="Paired tasks: start the generator from a model folder (trained, or made by `gan-enhance "
+        "import`) or a registered version, models:/NAME@ALIAS or models:/NAME/VERSION (fine-tuning; with "
+        "warmup_steps 0 it goes straight to the adversarial phase). model.generator must describe its network.",
+    )
+    init_discriminator: Path | None = Field(
+        None, description="Paired tasks: start the discriminator from this state dict (.safetensors or .pth)."
+    )
     perceptual: PerceptualParams = PerceptualParams()
     adversarial_mask: Literal["none", "texture"] = Field(
         "none",

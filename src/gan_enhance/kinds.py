@@ -33,6 +33,8 @@ PAIRED_ONLY = (
     "perceptual",
     "adversarial_mask",
     "texture_mask",
+    "init_from",
+    "init_discriminator",
 )
 
 # train.* keys that only the DCGAN trainer reads

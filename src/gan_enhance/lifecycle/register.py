@@ -159,6 +159,9 @@ def version_tags(submission: Submission, base: Path = Path(".")) -> dict[str, st
         "git_commit": card.git_commit or lineage.get("git_commit"),
         "dvc_exp_name": lineage.get("dvc_exp_name"),
         "params_fingerprint": card.params_fingerprint,
+        "origin": origin(card),
+        "imported": json.dumps(card.imported, sort_keys=True) if card.imported else None,
+        "parent": json.dumps(card.parent, sort_keys=True) if card.parent else None,
         PROTOCOL_TAG: json.dumps(metrics["protocol"], sort_keys=True),
     }
     for name, value in metrics["model"].items():
@@ -168,12 +171,25 @@ def version_tags(submission: Submission, base: Path = Path(".")) -> dict[str, st
     return {key: str(value) for key, value in tags.items() if value is not None}
 
 
+def origin(card: ModelCard) -> str:
+    """imported (a published generator, no training lineage), fine-tuned (trained from a parent) or trained."""
+    return "imported" if card.imported else "fine-tuned" if card.parent else "trained"
+
+
 def describe(submission: Submission) -> str:
     card, model = submission.card, submission.metrics["model"]
     shown = ", ".join(f"{m.label} {m.show(model[m.name])}{m.unit}" for m in present(model))
+    if card.imported:
+        i = card.imported
+        return (
+            f"{card.task} x{card.scale} {card.arch}, imported (no training lineage): {shown}. From {i['file']} "
+            f"(sha256 {i['sha256'][:12]}), license {i['license']}."
+        )
+    parent = f" Fine-tuned from {card.parent['source']} (sha256 {card.parent['sha256'][:12]})." if card.parent else ""
     return (
         f"{card.task} x{card.scale} {card.arch}, {card.steps} steps: {shown}. Trained at commit "
         f"{card.git_commit or 'unknown'}, data {submission.data_dvc_hash or card.data_hash}, run {card.mlflow_run_id}."
+        + parent
     )
 
 

@@ -21,6 +21,7 @@ WEIGHTS_FILE = "generator.safetensors"
 CARD_FILE = "card.json"
 CARD_VERSION = 1
 PIXEL_TWIN = "pixel_only"  # subfolder of a GAN model: its generator when the pixel-loss phase ended (a baseline)
+PARENT_TWIN = "parent"  # a fine-tuned model's starting weights (train.init_from), scored as a baseline
 
 
 class ArtifactError(GanEnhanceError, RuntimeError):

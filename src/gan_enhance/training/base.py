@@ -136,6 +136,7 @@ class BaseTrainer(ABC):
             self.device = torch.device("cuda", self.world.local_rank)
         distributed.join(self.world, self.device, tp.distributed.backend)
         self.task: Task = build_task(params.task)
+        self.lineage: dict[str, Any] = {}  # where the weights started (train.init_from): card, tags, fingerprint
         self.data_hash = self.load_data()
         torch.manual_seed(params.seed)
         self.build_networks()
@@ -250,10 +251,10 @@ class BaseTrainer(ABC):
         dumped = self.params.model_dump(mode="json")
         unread = KINDS[self.task.kind].unread_train_keys
         train = {k: v for k, v in dumped["train"].items() if k not in _BOOKKEEPING and k not in unread}
-        key = json.dumps(
-            [dumped["seed"], self.fingerprint_task(), dumped["model"], train, self.data_hash, _code_hash()],
-            sort_keys=True,
-        )
+        parts = [dumped["seed"], self.fingerprint_task(), dumped["model"], train, self.data_hash, _code_hash()]
+        if self.lineage:  # the parent's weights, not only its path: a checkpoint never resumes onto another parent
+            parts.append(self.lineage)
+        key = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     # ---- checkpoints -------------------------------------------------------------------------------

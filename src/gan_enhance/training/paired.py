@@ -20,10 +20,11 @@ from torch import nn
 
 from gan_enhance.data.batches import PatchSampler, load_split, sample_rngs
 from gan_enhance.data.prepare import manifest_hash
-from gan_enhance.models.artifact import PIXEL_TWIN
+from gan_enhance.models.artifact import PARENT_TWIN, PIXEL_TWIN
 from gan_enhance.training import losses
 from gan_enhance.training.base import OneGANTrainer
 from gan_enhance.training.ema import EMA
+from gan_enhance.training.parent import load_discriminator_state, load_parent
 from gan_enhance.training.terms import GeneratorStep, Verdicts, build_terms
 from gan_enhance.visual import image_grid
 
@@ -57,6 +58,7 @@ class PairedTrainer(OneGANTrainer):
         self.G = self.build("generator", scale=self.task.scale, in_channels=self.task.in_channels)
         condition = {"in_channels": 3 + self.task.in_channels} if tp.conditional_discriminator else {}
         self.D = self.build("discriminator", **condition)
+        self.parent_net = self.start_from_parent()
         self.ema = EMA(self.G, tp.ema_halflife_images, tp.ema_rampup)
         self.G_step, self.D_step = self.parallel(self.G), self.parallel(self.D, sync_buffers=False)
         self.opt_g = self.optimizer(self.G.parameters(), tp.lr_g)
@@ -66,6 +68,20 @@ class PairedTrainer(OneGANTrainer):
         self.twin = copy.deepcopy(self.ema.model) if self.has_adversarial_phase() else None
         self.terms = build_terms(tp, self.task, self.batch_mean, self.device)
 
+    def start_from_parent(self) -> nn.Module | None:
+        """Load train.init_from into G (and train.init_discriminator into D); returns a frozen copy of the parent
+        (exported beside the model as its `parent` twin, so the evaluation scores what fine-tuning bought)."""
+        tp = self.params.train
+        if tp.init_discriminator is not None:
+            sha256 = load_discriminator_state(self.base / tp.init_discriminator, self.D)
+            self.lineage["discriminator"] = {"source": str(tp.init_discriminator), "sha256": sha256}
+        if tp.init_from is None:
+            return None
+        parent = load_parent(tp.init_from, self.params, self.base)
+        self.G.load_state_dict({k: v.to(self.device) for k, v in parent.state.items()})
+        self.lineage.update(parent.lineage)
+        return copy.deepcopy(self.G).requires_grad_(False).eval()
+
     def has_adversarial_phase(self) -> bool:
         tp = self.params.train
         return (tp.weights.adversarial > 0 or tp.weights.feature_matching > 0) and 0 < tp.warmup_steps < tp.steps
@@ -74,7 +90,8 @@ class PairedTrainer(OneGANTrainer):
         return {**super().stateful(), **({PIXEL_TWIN: self.twin} if self.twin is not None else {})}
 
     def twins(self) -> dict[str, tuple[nn.Module, int]]:
-        return {PIXEL_TWIN: (self.twin, self.params.train.warmup_steps)} if self.twin is not None else {}
+        twins = {PIXEL_TWIN: (self.twin, self.params.train.warmup_steps)} if self.twin is not None else {}
+        return {**twins, PARENT_TWIN: (self.parent_net, 0)} if self.parent_net is not None else twins
 
     def set_train_mode(self) -> None:
         self.G.train()
@@ -84,7 +101,8 @@ class PairedTrainer(OneGANTrainer):
         return {"adversarial phase starts": self.params.train.warmup_steps} if self.has_adversarial_phase() else {}
 
     def deliverable(self) -> tuple[nn.Module, dict[str, Any]]:
-        return self.ema.model, {"losses": {term.name: term.settings() for term in self.terms}}
+        losses = {term.name: term.settings() for term in self.terms}
+        return self.ema.model, {"losses": losses, "parent": self.lineage or None}
 
     def judged(self, images: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """What the discriminator sees: the images (plus instance noise, if set), with a conditional discriminator
