@@ -4,6 +4,7 @@ checks that fail before any work."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -181,6 +182,24 @@ def test_resuming_with_another_world_size_fails_before_any_work(paired_runs: dic
     assert result.returncode == 2, result.stdout + result.stderr
     assert "written by 2 training processes" in result.stderr and "nproc_per_node x nnodes = 2" in result.stderr
     assert not (folder / "models/generator").exists()
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_a_parent_under_two_processes_trains_the_weights_of_one(
+    paired_runs: dict[int, Path], tmp_path: Path, tiny_source: Path
+):
+    """train.init_from: every rank loads the parent; 2 processes end where 1 does, away from the parent."""
+    parent = paired_runs[1] / "models/generator"
+    tuned = {"train.init_from": str(parent), "train.warmup_steps": 0, "train.steps": 6}
+    weights = {}
+    for n in (1, 2):
+        folder = _project(tmp_path / f"n{n}", tiny_source, {**PAIRED, **tuned})
+        _trained(folder, n)
+        weights[n] = load_file(str(folder / "models/generator/generator.safetensors"))
+        assert json.loads((folder / "models/generator/card.json").read_text())["parent"]["source"] == str(parent)
+    start = load_file(str(parent / "generator.safetensors"))
+    assert max((weights[1][k] - weights[2][k]).abs().max().item() for k in start) <= 1e-5
+    assert max((weights[1][k] - start[k]).abs().max().item() for k in start) > 1e-4  # it did train
 
 
 @pytest.mark.slow
