@@ -35,7 +35,7 @@ run: install  ## set up, then run the whole pipeline on the embedded default
 	$(BIN)/dvc metrics show
 
 test: install lint browser stack-tools container-tools  ## set up, then lint, run the test suite, and its numerical tests on a second CPU path
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 	$(MAKE) --no-print-directory test-cpu-path
 
 test-fast: install lint  ## the development loop: lint and every test not marked slow (about a minute; CI runs all)
