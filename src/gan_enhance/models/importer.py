@@ -11,6 +11,7 @@ model was imported (the file, its sha256, the license the user states) and has n
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import re
 import shutil
@@ -188,6 +189,9 @@ def import_weights(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the model folder is read like any other
     try:
         save_generator(net, card, staging)
         if out.exists():
