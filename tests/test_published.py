@@ -194,7 +194,8 @@ def test_an_imported_model_is_evaluated_registered_and_fine_tuned_with_lineage(t
     assert "pixel_only" not in json.loads(Path(tiny_project / "reports/eval/metrics.json").read_text())
     cli("register", *imported)
     name = "gan-enhance-sr-x2"
-    client = mlflow.MlflowClient(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    store = f"sqlite:///{tiny_project / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)  # not a registry URI another test left set
     tags = client.get_model_version(name, "1").tags
     assert tags["origin"] == "imported" and json.loads(tags["imported"])["license"] == "MIT"
     assert "imported (no training lineage)" in client.get_model_version(name, "1").description
