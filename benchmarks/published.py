@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 name: evaluate_on(sr_params, tuned, folder, OUT / f"eval-finetuned-{name}")
                 for name, folder in sets.items()
             }
-    report["machine"]["load_average_1m_at_end"] = round(__import__("os").getloadavg()[0], 2)
+    report["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     text = render(report)
     print(text)
     (RESULTS / "published.md").write_text(text)
