@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -148,8 +147,9 @@ def part_params(part: str, work: Path, datasets: Path, args: argparse.Namespace)
 
 
 def train_part(params: Params, work: Path) -> dict[str, Any]:
-    """prepare -> train from scratch (old checkpoints removed, so nothing is resumed); returns the timings."""
-    shutil.rmtree(params.train.checkpoint_dir, ignore_errors=True)
+    """prepare -> train; returns the timings. A run stopped part way resumes from its last checkpoint when the
+    params, data and code are the same (the trainer's fingerprint); otherwise the trainer sets the old checkpoints
+    aside and starts from step 0. The times are this invocation's only (`resumed_from` says where it began)."""
     rows = prepare(params.data, min_side=params.train.patch_size)
     cpu_started = time.process_time()
     result = train(params, base=REPO)
@@ -159,9 +159,10 @@ def train_part(params: Params, work: Path) -> dict[str, Any]:
         "train_images": sum(r.split == "train" for r in rows),
         "steps": params.train.steps,
         "warmup_steps": params.train.warmup_steps,
+        "resumed_from": result.resumed_from,
         "train_seconds": seconds,
         "train_cpu_seconds": cpu_seconds,
-        "seconds_per_step": seconds / params.train.steps,
+        "seconds_per_step": seconds / max(params.train.steps - result.resumed_from, 1),
         "final_val_psnr": result.metrics.get("val_psnr"),
         "model": describe_model(params),
         "generator": params.model.generator.name,

@@ -39,7 +39,9 @@ def test_the_inpainting_part_reports_the_gain_over_its_own_first_stage(tmp_path:
     assert gain[""] == pytest.approx(summary["model"]["psnr_hole"] - summary["fills_mean"]["psnr_hole"], abs=1e-6)
     assert gain["_low"] <= gain[""] <= gain["_high"]
     train_info = json.loads((tmp_path / "work" / "inpaint" / quality.TRAIN_INFO).read_text())
-    assert train_info["steps"] == 6 and train_info["train_cpu_seconds"] > 0
+    assert train_info["steps"] == 6 and train_info["train_cpu_seconds"] > 0 and train_info["resumed_from"] == 0
+    quality.main(["--parts", "inpaint", "--train-only", *tiny, *folders])  # a rerun keeps the finished training
+    assert json.loads((tmp_path / "work" / "inpaint" / quality.TRAIN_INFO).read_text())["resumed_from"] == 6
 
 
 def test_a_report_keeps_the_earlier_parts_measured_under_the_same_protocol(tmp_path: Path):
