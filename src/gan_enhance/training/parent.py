@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from gan_enhance.config import Params
 from gan_enhance.errors import GanEnhanceError
 from gan_enhance.models.artifact import WEIGHTS_FILE, ModelCard, load_card
+from gan_enhance.tasks import build_task
 
 
 class ParentError(GanEnhanceError, ValueError):
@@ -93,9 +94,9 @@ def _check_fits(card: ModelCard, params: Params, source: str) -> None:
             f"{json.dumps(wanted.kwargs)}; set model.generator to the parent's (e.g. "
             f"-S 'model.generator={json.dumps({'name': card.arch, **card.arch_kwargs})}')"
         )
-    scale = params.task.sr.scale if params.task.name == "sr" else 1
-    if (card.task, card.scale) != (params.task.name, scale):
-        differences.append(f"it is for {card.task} x{card.scale}, params ask for {params.task.name} x{scale}")
+    task = build_task(params.task)
+    if (card.task, card.scale) != (task.name, task.scale):
+        differences.append(f"it is for {card.task} x{card.scale}, params ask for {task.name} x{task.scale}")
     if differences:
         raise ParentError(f"train.init_from={source} does not fit this run: " + "; ".join(differences))
 
