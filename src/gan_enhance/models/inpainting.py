@@ -1,9 +1,12 @@
 """Free-form inpainting: two classical fills (harmonic and biharmonic, solved on an image pyramid) and a small
-U-Net of gated convolutions (DeepFill v2's gating, Yu et al. 2019) that blends them per pixel and refines the blend."""
+U-Net of gated convolutions (DeepFill v2's gating, Yu et al. 2019) that blends them per pixel and refines the blend.
+Its bottleneck's context is dilated convolutions or LaMa's Fourier units (Suvorov et al. 2022), whose receptive field
+is the whole image."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +105,40 @@ class GatedConv(nn.Module):
         return F.elu(features) * torch.sigmoid(gate)
 
 
+class FourierUnit(nn.Module):
+    """LaMa's spectral transform: a 1x1 convolution (+ ReLU) on the real and imaginary parts of the features' 2-D
+    Fourier transform, so every output pixel depends on every input pixel."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2 * channels, 2 * channels, 1)
+        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        with torch.autocast(x.device.type, enabled=False):  # FFTs of bf16 are not supported on every device
+            spectrum = torch.fft.rfft2(x.float(), norm="ortho")
+            mixed = F.relu(self.conv(torch.cat([spectrum.real, spectrum.imag], dim=1)))
+            real, imag = mixed.chunk(2, dim=1)
+            out = torch.fft.irfft2(torch.complex(real, imag), s=(height, width), norm="ortho")
+        return out.to(x.dtype)
+
+
+class FourierBlock(nn.Module):
+    """Residual block of LaMa's fast Fourier convolution, simplified: a local gated 3x3 path and a global Fourier
+    path, merged by a 1x1 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.local = GatedConv(channels, channels)
+        self.spectral = FourierUnit(channels)
+        self.merge = nn.Conv2d(2 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.merge(torch.cat([self.local(x), self.spectral(x)], dim=1))
+
+
 @register("generator", "gated_unet", tasks=("inpaint",))
 class GatedUNet(nn.Module):
     """Input: RGB with holes + mask channel (1 = hole); output: RGB predicted everywhere (the Enhancer keeps the
@@ -109,9 +146,18 @@ class GatedUNet(nn.Module):
 
     The network sees both classical fills and the mask and returns blend + residual: a per-pixel weight between
     the harmonic and the biharmonic fill, and a correction on top. Its head starts at zero, so an untrained model
-    is the even blend of the two fills and training starts from a classical answer."""
+    is the even blend of the two fills and training starts from a classical answer.
 
-    def __init__(self, num_feat: int = 32, depth: int = 2, in_channels: int = 4) -> None:
+    `context`: the bottleneck's blocks, `dilated` (gated convolutions at dilations 2, 4, 8) or `fourier` (three
+    FourierBlocks: a receptive field of the whole image, for holes wider than the dilations reach)."""
+
+    def __init__(
+        self,
+        num_feat: int = 32,
+        depth: int = 2,
+        in_channels: int = 4,
+        context: Literal["dilated", "fourier"] = "dilated",
+    ) -> None:
         super().__init__()
         if in_channels != 4:
             raise ValueError(f"gated_unet takes RGB + mask (4 channels), not {in_channels}")
@@ -124,7 +170,12 @@ class GatedUNet(nn.Module):
             )
             for i in range(depth)
         )
-        self.middle = nn.Sequential(*(GatedConv(channels[-1], channels[-1], dilation=d) for d in DILATIONS))
+        if context not in ("dilated", "fourier"):
+            raise ValueError(f"gated_unet's context is 'dilated' or 'fourier', not {context!r}")
+        if context == "fourier":
+            self.middle = nn.Sequential(*(FourierBlock(channels[-1]) for _ in DILATIONS))
+        else:
+            self.middle = nn.Sequential(*(GatedConv(channels[-1], channels[-1], dilation=d) for d in DILATIONS))
         self.up = nn.ModuleList(GatedConv(channels[i + 1] + channels[i], channels[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(num_feat, 4, 3, padding=1)  # RGB correction, blend logit
         nn.init.zeros_(self.head.weight)
