@@ -34,8 +34,13 @@ run: install  ## set up, then run the whole pipeline on the embedded default
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file on one of them, one torch/BLAS thread each:
+# the servers the tests start spend much of their time waiting, and two single-thread workers on 2 cores do not stall
+# each other (or a job beside them) the way 2-thread OpenMP teams do (docs/testing.md, "Wall time").
+TEST_WORKERS ?= 2
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 test: install lint browser stack-tools container-tools  ## set up, then lint, run the test suite, and its numerical tests on a second CPU path
-	$(BIN)/pytest --durations=25
+	env $(ONE_THREAD) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 	$(MAKE) --no-print-directory test-cpu-path
 
 test-fast: install lint  ## the development loop: lint and every test not marked slow (about a minute; CI runs all)
