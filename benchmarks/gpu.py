@@ -189,7 +189,8 @@ def _enhance_call(enhancer: Enhancer, side: int) -> tuple[str, float, Callable[[
 
 
 def enhance_speed(model_dir: Path, device: torch.device, side: int, repeats: int) -> EnhanceSpeed:
-    """The Enhancer (tiles of 256, as `gan-enhance enhance`) on a side x side input: megapixels of input per s."""
+    """The Enhancer with `gan-enhance enhance`'s defaults for the device (on CUDA: bf16, tiles planned from free
+    memory; on the CPU: fp32, tiles of 256) on a side x side input: megapixels of input per s."""
     enhancer = Enhancer.from_dir(model_dir, device=device.type)
     what, megapixels, call = _enhance_call(enhancer, side)
     call()  # warm-up: kernels, allocator
@@ -429,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         "Peak memory: torch.cuda.max_memory_allocated from building the trainer to the export. "
         f"DDP: `gan-enhance train` with 1 and N processes in bf16, the per-process batch kept (weak scaling), "
         f"{args.ddp_warmup_steps} steps timed between two checkpoints after {args.ddp_warmup_steps} untimed; "
-        "efficiency = images/s(N) / (N x images/s(1)). Enhancer: the fp32 model, tiles of 256 as `gan-enhance "
-        f"enhance`, median of {args.enhance_repeats} calls after one warm-up, megapixels of input per second "
+        "efficiency = images/s(N) / (N x images/s(1)). Enhancer: `gan-enhance enhance`'s defaults for "
+        "the device (CUDA: bf16, tiles planned from free memory; benchmarks/roofline.py compares fp32), "
+        f"median of {args.enhance_repeats} calls after one warm-up, megapixels of input per second "
         "(generation: of samples)."
         f"\n\n{rendered}\n" + (f"\nSkipped: {'; '.join(skipped)}.\n" if skipped else ""),
         {

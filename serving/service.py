@@ -94,12 +94,21 @@ class EnhanceService:
         registered = model_config(path)
         tile = SETTINGS.tile if SETTINGS.tile is not None else int(registered.get("tile", 256))
         tile_pad = SETTINGS.tile_pad if SETTINGS.tile_pad is not None else int(registered.get("tile_pad", 16))
-        self.enhancer = Enhancer.from_dir(generator_dir(path), device=SETTINGS.device, tile=tile, tile_pad=tile_pad)
+        self.enhancer = Enhancer.from_dir(
+            generator_dir(path),
+            device=SETTINGS.device,
+            tile=tile,
+            tile_pad=tile_pad,
+            precision=SETTINGS.precision,
+            compile_net=SETTINGS.compile,
+        )
         info = self.bento_model.info
         serving = {
             "device": str(self.enhancer.device),
             "tile": tile,
             "tile_pad": tile_pad,
+            "precision": str(self.enhancer.dtype).removeprefix("torch."),
+            "compile": self.enhancer.run.note,
             "max_pixels": SETTINGS.max_pixels,
             "max_upload_mb": SETTINGS.max_upload_mb,
             "batching": SETTINGS.batching,

@@ -13,6 +13,7 @@ import yaml
 
 from benchmarks import gpu
 from benchmarks.common import CONFIGS
+from gan_enhance.models.artifact import ModelCard
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -59,3 +60,31 @@ def test_every_measurement_runs_on_tiny_step_counts(device: str, tmp_path: Path)
     table = (tmp_path / "gpu.md").read_text()
     generator = yaml.safe_load((CONFIGS / f"{gpu.TASKS['denoise']}.yaml").read_text())["model.generator"]["name"]
     assert f"| denoise: denoise, {generator}" in table and "| 2: " in table
+
+
+def test_the_roofline_counts_srvggs_flops_as_its_convolutions():
+    from benchmarks.roofline import flops_per_pixel
+
+    card = ModelCard(arch="srvgg", arch_kwargs={"num_feat": 48, "num_conv": 10}, task="sr", scale=4)
+    # per input pixel: 3->48 first conv, 10 body convs 48->48 and the 48->48 (3 x 4 x 4) output conv, 3x3 each,
+    # 2 FLOPs per multiply-add; the upsampling and the activations count nothing
+    assert flops_per_pixel(card.build_network(), card) == 2 * 9 * (3 * 48 + 10 * 48 * 48 + 48 * 48)
+
+
+def test_the_roofline_runs_on_the_cpu_at_toy_sizes(tmp_path: Path):
+    from benchmarks import roofline
+
+    args = ["--device", "cpu", "--side", "32", "--repeats", "1", "--matmul", "128", "--conv-side", "16"]
+    args += ["--models", str(tmp_path / "no-model"), "--out", str(tmp_path), "--work", str(tmp_path / "work")]
+    assert roofline.main(args) == 0
+    data = json.loads((tmp_path / "roofline.json").read_text())
+    assert [p["what"] for p in data["peaks"]] == ["matmul 128", "conv3x3 16ch", "conv3x3 48ch", "conv3x3 64ch"]
+    networks = [*roofline.CONFIG_NETWORKS, "sr x4 (rrdb, RealESRGAN_x4plus layout)"]
+    assert [v["network"] for v in data["variants"]] == networks  # one fp32 row each on the CPU
+    for v in data["variants"]:
+        assert v["precision"] == "fp32" and v["compiled"] == "eager" and (v["tile"], v["tiles_per_pass"]) == (256, 1)
+        flops = data["flops_per_input_pixel"][v["network"]]
+        assert v["tflops"] == pytest.approx(flops * v["megapixels_per_s"] * 1e6 / 1e12)
+        assert v["share_of_conv_peak"] > 0
+    assert data["precision_cost"] == [] and "no trained model" in data["precision_cost_skipped"]
+    assert "| sr x4 (srvgg, the default) | 459 | fp32 | eager | 256 (1) |" in (tmp_path / "roofline.md").read_text()

@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -54,8 +54,8 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _load_model(model: str, tracking_uri: str | None, device: str, tile: int = 256, tile_pad: int = 16):
-    """The Enhancer for a model folder or a models:/ URI."""
+def _load_model(model: str, tracking_uri: str | None, device: str, **options: Any):
+    """The Enhancer for a model folder or a models:/ URI; `options` are Enhancer.from_dir's."""
     if model.startswith("models:/"):
         from gan_enhance.lifecycle.registry import load_enhancer, parse_model_uri
 
@@ -63,12 +63,10 @@ def _load_model(model: str, tracking_uri: str | None, device: str, tile: int = 2
             name, alias, version = parse_model_uri(model)
         except ValueError as exc:
             _fail(str(exc))
-        return load_enhancer(
-            name, alias or "champion", tracking_uri, device=device, tile=tile, tile_pad=tile_pad, version=version
-        )
+        return load_enhancer(name, alias or "champion", tracking_uri, device=device, version=version, **options)
     from gan_enhance.inference import Enhancer
 
-    return Enhancer.from_dir(model, device=device, tile=tile, tile_pad=tile_pad)
+    return Enhancer.from_dir(model, device=device, **options)
 
 
 @app.command()
@@ -270,9 +268,24 @@ def enhance(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("enhanced"),
     model: ModelOpt = "models/generator",
     tracking_uri: TrackingOpt = None,
-    tile: Annotated[int, typer.Option(help="Tile side in input pixels (0: whole image at once).")] = 256,
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            help="Tile side in input pixels (0: whole image at once). Default: 256 on the CPU; on a GPU the whole "
+            "image when it fits in half the free memory, else the largest tile that does."
+        ),
+    ] = None,
     tile_pad: Annotated[int, typer.Option(help="Context around each tile, in input pixels.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Compute dtype: auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16, fp16."
+        ),
+    ] = "auto",
+    compile_net: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the network (GPU; falls back to eager when it fails).")
+    ] = False,
     max_pixels: Annotated[int, typer.Option(help="Refuse inputs with more pixels.")] = 50_000_000,
     masks: Annotated[
         Path | None,
@@ -286,6 +299,7 @@ def enhance(
     from tqdm import tqdm
 
     from gan_enhance.data.image_io import SUPPORTED_SUFFIXES, ImageError, open_image
+    from gan_enhance.inference.accel import PRECISIONS
 
     disable_telemetry()
     found: list[tuple[Path, Path]] = []  # (input, where its output goes, relative to --output)
@@ -303,7 +317,14 @@ def enhance(
         typer.echo(note)
     if not files:
         _fail("no images found in the given inputs (PNG, JPEG, WebP, TIFF, BMP)")
-    enhancer = _load_model(model, tracking_uri, device, tile, tile_pad)
+    if precision not in PRECISIONS:
+        _fail(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    try:
+        enhancer = _load_model(
+            model, tracking_uri, device, tile=tile, tile_pad=tile_pad, precision=precision, compile_net=compile_net
+        )
+    except ValueError as exc:
+        _fail(str(exc))
     if not enhancer.takes_images:
         _fail(f"{model} is a generation model: it makes images from noise; use `gan-enhance sample -m {model}`")
     if enhancer.takes_mask and masks is None:

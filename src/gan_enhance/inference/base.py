@@ -3,6 +3,7 @@ inference class declares (its pyfunc batch, its serving APIs)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from gan_enhance.device import pick_device
+from gan_enhance.inference.accel import CompiledOrEager, Precision, pick_dtype
 from gan_enhance.kinds import InputsName, inference_ref, load
 from gan_enhance.models.artifact import ModelCard, load_generator
 
@@ -37,21 +39,42 @@ class Enhancer:
         net: nn.Module,
         card: ModelCard,
         device: torch.device | str = "cpu",
-        tile: int = 256,
+        tile: int | None = None,
         tile_pad: int = 16,
+        precision: Precision = "auto",
+        compile_net: bool = False,
+        tiles_per_pass: int | None = None,
     ) -> None:
+        """`tile`: side in input pixels, 0 for the whole image, None for the device's choice (256 on the CPU, from
+        free memory on CUDA); `precision`: the compute dtype (`auto`: bf16 on CUDA, fp32 elsewhere; the network is
+        copied, not converted, when it differs); `compile_net`: torch.compile, falling back to eager when it fails;
+        `tiles_per_pass`: tiles stacked into one forward pass (None: 1 on the CPU, as many as fit on CUDA)."""
         if tile and tile_pad * 2 >= tile:
             raise ValueError(f"tile_pad ({tile_pad}) must be smaller than half the tile ({tile})")
+        if tiles_per_pass is not None and tiles_per_pass < 1:
+            raise ValueError(f"tiles_per_pass must be at least 1, got {tiles_per_pass}")
         if card.inputs != self.inputs:
             raise ValueError(f"{type(self).__name__} runs models that take {self.inputs}, not {card.inputs}")
         self.device = torch.device(device)
+        self.dtype = pick_dtype(self.device, precision)
         self.net = net.to(self.device).eval()
         self.card = card
         self.scale = card.scale
         self.tile = tile
         self.tile_pad = tile_pad
+        self.tiles_per_pass = tiles_per_pass
+        compute = self.net if self.dtype == torch.float32 else copy.deepcopy(self.net).to(self.dtype)
         if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+            compute = compute.to(memory_format=torch.channels_last)
+        self.run = CompiledOrEager(compute, compile_net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a batch already on the device, computed in the Enhancer's dtype (channels-last images on
+        CUDA); the output in fp32, still on the device."""
+        x = x.to(self.dtype)
+        if self.device.type == "cuda" and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.run(x).float()
 
     @staticmethod
     def class_for(card: ModelCard) -> type[Enhancer]:
@@ -59,11 +82,20 @@ class Enhancer:
         return load(inference_ref(card.inputs))
 
     @classmethod
-    def from_dir(cls, folder: Path | str, device: str = "auto", tile: int = 256, tile_pad: int = 16) -> Enhancer:
-        """Load a model folder (generator.safetensors + card.json) into the class that fits its card."""
+    def from_dir(
+        cls,
+        folder: Path | str,
+        device: str = "auto",
+        tile: int | None = None,
+        tile_pad: int = 16,
+        precision: Precision = "auto",
+        compile_net: bool = False,
+    ) -> Enhancer:
+        """Load a model folder (generator.safetensors + card.json) into the class that fits its card; the options
+        are the constructor's."""
         target = pick_device(device)
         net, card = load_generator(Path(folder), target)
-        return cls(net, card, target, tile=tile, tile_pad=tile_pad)
+        return cls(net, card, target, tile=tile, tile_pad=tile_pad, precision=precision, compile_net=compile_net)
 
     def refuse(self, use: str, wanted: InputsName) -> ValueError:
         """The error for `use` on a model that does not take `wanted`."""

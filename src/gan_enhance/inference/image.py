@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gan_enhance.inference.accel import CPU_TILE, PROBE_SIDE, TilePlan, free_memory, memory_per_pixel, plan_tiles
 from gan_enhance.inference.base import UINT8_IMAGES, Enhancer
 from gan_enhance.kinds import InputsName
 
@@ -26,6 +27,7 @@ class ImageEnhancer(Enhancer):
     takes_images: ClassVar[bool] = True
     apis: ClassVar[tuple[str, ...]] = ("/enhance", "/enhance_batch")
     batch: ClassVar[tuple[np.dtype, tuple[int, ...]]] = UINT8_IMAGES
+    _bytes_per_pixel: float | None = None  # device memory per input pixel, measured on the first CUDA call
 
     @torch.inference_mode()
     def enhance_tensor(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,32 +36,51 @@ class ImageEnhancer(Enhancer):
         if x.ndim != 4 or x.shape[1] != self.card.in_channels:
             raise ValueError(f"expected N x {self.card.in_channels} x H x W, got {tuple(x.shape)}")
         x = x.to(self.device, torch.float32)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         height, width = x.shape[-2:]
-        if not self.tile or (height <= self.tile and width <= self.tile):
-            out = self.net(x).float().cpu()
+        plan = self.tile_plan(height, width)
+        if not plan.tile or (height <= plan.tile and width <= plan.tile):
+            out = self.forward(x).cpu()
         else:
-            out = self._tiled(x)
+            out = self._tiled(x, plan)
         return self._finish(x, out)
+
+    def tile_plan(self, height: int, width: int) -> TilePlan:
+        """How an input of this size is cut: on the CPU the given tile (None: 256), one per pass; on CUDA from the
+        free memory and the network's measured memory per pixel (accel.plan_tiles)."""
+        if self.device.type != "cuda":
+            return TilePlan(CPU_TILE if self.tile is None else self.tile, self.tiles_per_pass or 1)
+        if self._bytes_per_pixel is None:
+            probe = torch.zeros(1, self.card.in_channels, PROBE_SIDE, PROBE_SIDE, device=self.device)
+            self._bytes_per_pixel = memory_per_pixel(self.forward, probe)
+        plan = plan_tiles(height, width, self.tile_pad, self._bytes_per_pixel, free_memory(self.device), self.tile)
+        return TilePlan(plan.tile, self.tiles_per_pass or plan.per_pass)
 
     def _finish(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The network's output as the model returns it (subclasses put known pixels back)."""
         return out
 
-    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
-        s, tile, pad = self.scale, self.tile, self.tile_pad
+    def _tiled(self, x: torch.Tensor, plan: TilePlan) -> torch.Tensor:
+        s, tile, pad = self.scale, plan.tile, self.tile_pad
         n, _, height, width = x.shape
         # N x 3 x H x W in channels-last memory: the H x W x 3 view that enhance_array converts is then contiguous
         out = torch.empty(n, height * s, width * s, 3, dtype=torch.float32).permute(0, 3, 1, 2)
+        shapes: dict[tuple[int, int], list[tuple[int, int, int, int, int, int]]] = {}
         for top in range(0, height, tile):
             for left in range(0, width, tile):
                 bottom, right = min(top + tile, height), min(left + tile, width)
                 y0, x0 = max(top - pad, 0), max(left - pad, 0)
                 y1, x1 = min(bottom + pad, height), min(right + pad, width)
-                result = self.net(x[:, :, y0:y1, x0:x1]).float().cpu()
-                core = result[:, :, (top - y0) * s : (bottom - y0) * s, (left - x0) * s : (right - x0) * s]
-                out[:, :, top * s : bottom * s, left * s : right * s] = core
+                shapes.setdefault((y1 - y0, x1 - x0), []).append((top, left, bottom, right, y0, x0))
+        for (tile_h, tile_w), windows in shapes.items():  # tiles of one padded shape can share a forward pass
+            for first in range(0, len(windows), plan.per_pass):
+                chunk = windows[first : first + plan.per_pass]
+                batch = torch.cat([x[:, :, y0 : y0 + tile_h, x0 : x0 + tile_w] for *_, y0, x0 in chunk])
+                result = self.forward(batch).cpu()
+                for i, (top, left, bottom, right, y0, x0) in enumerate(chunk):
+                    core = result[
+                        i * n : (i + 1) * n, :, (top - y0) * s : (bottom - y0) * s, (left - x0) * s : (right - x0) * s
+                    ]
+                    out[:, :, top * s : bottom * s, left * s : right * s] = core
         return out
 
     def enhance_array(self, rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

@@ -28,7 +28,7 @@ class Sampler(Enhancer):
         latent = torch.from_numpy(
             np.stack([np.random.default_rng([seed, i]).standard_normal(dim, dtype=np.float32) for i in range(n)])
         )
-        chunks = [self.net(latent[i : i + batch].to(self.device)).float().cpu() for i in range(0, n, batch)]
+        chunks = [self.forward(latent[i : i + batch].to(self.device)).cpu() for i in range(0, n, batch)]
         images = torch.cat(chunks).clamp(0, 1).permute(0, 2, 3, 1).numpy()
         return np.round(images * 255.0).astype(np.uint8)
 

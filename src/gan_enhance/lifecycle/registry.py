@@ -189,19 +189,19 @@ def load_enhancer(
     alias: str = CHAMPION,
     tracking_uri: str | None = None,
     device: str = "auto",
-    tile: int = 256,
-    tile_pad: int = 16,
     version: str | None = None,
+    **options: Any,
 ) -> Enhancer:
     """The Enhancer for the version of registered model `name` that holds `alias` (or number `version`), from an
     MLflow server or SQLite store (tracking_uri None: $MLFLOW_TRACKING_URI, else ./mlflow.db). Fails naming the
-    model when no version holds the alias, and naming the version when its artifacts are broken."""
+    model when no version holds the alias, and naming the version when its artifacts are broken. `options` are
+    Enhancer.from_dir's (tile, tile_pad, precision, compile_net)."""
     from gan_enhance.inference import Enhancer
 
     client = client_for(tracking_uri)
     found = get_version(client, name, version) if version else require_alias(client, name, alias)
     with fetch_generator(client, name, str(found.version)) as folder:
-        return Enhancer.from_dir(folder, device=device, tile=tile, tile_pad=tile_pad)
+        return Enhancer.from_dir(folder, device=device, **options)
 
 
 @dataclass(frozen=True)

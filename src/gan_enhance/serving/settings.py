@@ -25,6 +25,10 @@ class ServeSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     tile: int | None = Field(None, ge=0, description="tile side in input pixels; 0 = whole image; None = model's")
     tile_pad: int | None = Field(None, ge=0, description="context around each tile; None = the model's")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="compute dtype: auto = bf16 on a GPU that has it (else fp16), fp32 on the CPU"
+    )
+    compile: bool = Field(False, description="torch.compile the network (GPU; falls back to eager when it fails)")
     max_upload_mb: float = Field(64.0, gt=0, description="largest /enhance request body")
     max_batch_mb: float = Field(16.0, gt=0, description="largest /enhance_batch request body (JSON)")
     max_pixels: int = Field(16_777_216, gt=0, description="largest input image, width x height")
