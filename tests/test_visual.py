@@ -55,6 +55,12 @@ def test_comparison_crops_show_texture_and_each_method_s_psnr():
     target[:, 200:] = rng.integers(0, 256, (200, 100, 3), dtype=np.uint8)  # detail only on the right
     top, left = textured_crop(target, 96)
     assert left >= 200 - 16 and top + 96 <= 200
+    hole = np.zeros((200, 300), bool)
+    hole[20:60, 100:140] = True  # a flat hole ...
+    hole[150:190, 240:280] = True  # ... and one over the texture: the crop goes where a fill must invent detail
+    top, left = textured_crop(target, 96, within=hole)
+    assert top <= 150 and top + 96 >= 190 and left <= 240 and left + 96 >= 280
+    assert textured_crop(target, 96, within=np.zeros((200, 300), bool)) == textured_crop(target, 96)  # no hole
     image = TestImage("photo.png", "0" * 64, target, target.astype(np.float32) / 255)
     methods = {"model": [target], "bicubic": [target]}
     rows = [

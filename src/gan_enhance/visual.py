@@ -63,15 +63,19 @@ def image_grid(
     return canvas
 
 
-def textured_crop(image: np.ndarray, side: int, stride: int = 16) -> tuple[int, int]:
+def textured_crop(image: np.ndarray, side: int, stride: int = 16, within: np.ndarray | None = None) -> tuple[int, int]:
     """(top, left) of the side x side window with the most detail (mean gradient magnitude of the luma), searched on
-    a grid of `stride` pixels: a comparison should show edges and texture, not a flat patch of sky."""
+    a grid of `stride` pixels: a comparison should show edges and texture, not a flat patch of sky. With `within`
+    (an H x W bool mask, e.g. inpainting's holes) only the detail under the mask counts: the window where the mask
+    hides the most texture and structure."""
     height, width = image.shape[:2]
     side = min(side, height, width)
     luma = image[..., :3].astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
     detail = np.zeros_like(luma)
     detail[:, 1:] += np.abs(np.diff(luma, axis=1))
     detail[1:, :] += np.abs(np.diff(luma, axis=0))
+    if within is not None and within.any():
+        detail *= within
     integral = np.pad(detail.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     best, best_at = -1.0, ((height - side) // 2, (width - side) // 2)
     for y in range(0, height - side + 1, stride):

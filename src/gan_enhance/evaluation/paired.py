@@ -61,14 +61,15 @@ def comparison_grid(
     size: int = 128,
 ) -> Image.Image:
     """The first `count` test images, one row each: the input, every method's output and the target, cropped to the
-    size x size window with the most detail; under each cell, the image's name or the method's PSNR on the whole
+    size x size window with the most detail (for inpainting, the most detail inside the holes: where a fill has to
+    invent texture or continue structure); under each cell, the image's name or the method's PSNR on the whole
     image (inside the holes, for inpainting) from the per-image `rows`."""
     scores = {(r["image"], r["method"]): r.get("psnr_hole", r["psnr"]) for r in rows}
     grid_rows, captions = [], []
     for image, *outputs in list(zip(test_set, *methods.values(), strict=True))[:count]:
         h, w = image.target.shape[:2]
         side = min(size, h, w)
-        top, left = textured_crop(image.target, side)
+        top, left = textured_crop(image.target, side, within=image.mask)
         scale = h // image.input.shape[0]
         shown_input = np.asarray(
             Image.fromarray(to_u8(np.clip(image.input, 0, 1))).resize(
