@@ -214,3 +214,14 @@ def test_cli_enhance_writes_outputs_and_skips_bad_files(tiny_project: Path, tiny
     assert Image.open("out/a.png").size == (192, 192)
     enhancer = Enhancer.from_dir("models/generator", device="cpu", tile=32, tile_pad=4)
     assert enhancer.scale == 2
+
+
+def test_a_step_hands_back_its_logs_as_detached_tensors_read_only_when_the_loop_logs(tiny_project: Path):
+    params = load_params("params.yaml", {"tracking.enabled": False, "train.warmup_steps": 0})
+    prepare(params.data, min_side=params.train.patch_size)
+    trainer = PairedTrainer(params)
+    logs = trainer.train_step(0, trainer.make_batch(0))  # adversarial from step 0: every value D and G log
+    assert {"loss_d", "loss_pixel", "loss_adv", "loss_g"} <= set(logs)
+    for value in logs.values():  # a float here would have waited for the device at every step (.item())
+        assert isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad
+    assert not trainer.opt_g.defaults["fused"] and not trainer.opt_d.defaults["fused"]  # fused Adam on CUDA only

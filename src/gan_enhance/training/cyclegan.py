@@ -110,7 +110,7 @@ class CycleGANTrainer(BaseTrainer):
         answer = self.pools[domain].query(distributed.gather(fakes.detach()), rng)
         return answer[self.world.rank * len(fakes) : (self.world.rank + 1) * len(fakes)]
 
-    def train_step(self, step: int, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
+    def train_step(self, step: int, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         tp, options = self.params.train, self.task.options
         real = {d: t.to(self.device, non_blocking=True) for d, t in zip(DOMAINS, batch, strict=True)}
         g_ab, g_ba = self.G_step["a2b"], self.G_step["b2a"]
@@ -144,11 +144,11 @@ class CycleGANTrainer(BaseTrainer):
             )
         self.update(self.opt_d, self.sched_d, loss_d, *self.D.values())
         return {
-            "loss_g": loss_g.item(),
-            "loss_adv": loss_adv.item(),
-            "loss_cycle": loss_cycle.item(),
-            "loss_identity": loss_id.item(),
-            "loss_d": float(loss_d.item()),
+            "loss_g": loss_g.detach(),
+            "loss_adv": loss_adv.detach(),
+            "loss_cycle": loss_cycle.detach(),
+            "loss_identity": loss_id.detach(),
+            "loss_d": loss_d.detach(),
         }
 
     @torch.inference_mode()

@@ -67,7 +67,7 @@ class DCGANTrainer(OneGANTrainer):
         latent = np.stack([rng.standard_normal(self.latent_dim, dtype=np.float32) for rng in rngs])
         return to_tensor(self.images[picks]), torch.from_numpy(latent)
 
-    def train_step(self, step: int, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
+    def train_step(self, step: int, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         tp = self.params.train
         real, latent = (t.to(self.device, non_blocking=True) for t in batch)
 
@@ -89,10 +89,10 @@ class DCGANTrainer(OneGANTrainer):
         self.update(self.opt_g, self.sched_g, loss_g, self.G)
         self.ema.update(self.G, tp.batch_size, (step + 1) * tp.batch_size)
         return {
-            "loss_d": loss_d.item(),
-            "loss_g": loss_g.item(),
-            "d_real": torch.sigmoid(real_logits.detach().float()).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean().item(),
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
+            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
         }
 
     @torch.inference_mode()

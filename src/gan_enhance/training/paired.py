@@ -120,13 +120,13 @@ class PairedTrainer(OneGANTrainer):
         rngs = sample_rngs(self.params.seed, step, self.world.shard(self.params.train.batch_size))
         return self.task.training_pair(self.sampler.sample(rngs), rngs)
 
-    def train_step(self, step: int, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
+    def train_step(self, step: int, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         tp = self.params.train
         inp, target = (t.to(self.device, non_blocking=True) for t in batch)
         if self.device.type == "cuda":
             inp = inp.contiguous(memory_format=torch.channels_last)
             target = target.contiguous(memory_format=torch.channels_last)
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
         adversarial = step >= tp.warmup_steps and (tp.weights.adversarial > 0 or tp.weights.feature_matching > 0)
 
         with self.autocast():
@@ -143,9 +143,9 @@ class PairedTrainer(OneGANTrainer):
             if tp.r1_gamma > 0:
                 r1 = losses.r1_penalty(real_logits.float(), real_in)
                 loss_d = loss_d + 0.5 * tp.r1_gamma * r1
-                logs["r1"] = r1.item()
+                logs["r1"] = r1.detach()
             self.update(self.opt_d, self.sched_d, loss_d, self.D)
-            logs["loss_d"] = loss_d.item()
+            logs["loss_d"] = loss_d.detach()
             target = target.detach()
 
         step_terms = GeneratorStep(
@@ -163,12 +163,12 @@ class PairedTrainer(OneGANTrainer):
                 if term.active(step_terms.adversarial):
                     value = term.value(step_terms)
                     loss_g = term.weight * value if loss_g is None else loss_g + term.weight * value
-                    logs[f"loss_{term.name}"] = value.item()
+                    logs[f"loss_{term.name}"] = value.detach()
         self.update(self.opt_g, self.sched_g, loss_g, self.G)
         self.ema.update(self.G, tp.batch_size, (step + 1) * tp.batch_size)  # global batch: the same on every rank
         if self.twin is not None and step + 1 == tp.warmup_steps:
             self.twin.load_state_dict(self.ema.model.state_dict())
-        logs["loss_g"] = loss_g.item()
+        logs["loss_g"] = loss_g.detach()
         return logs
 
     def _verdicts(self, fake: torch.Tensor, target: torch.Tensor, inp: torch.Tensor) -> Verdicts:
