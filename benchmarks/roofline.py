@@ -8,8 +8,9 @@ device can do.
   (channels-last, batch of 8) in the same dtypes: the rate a network made of such convolutions could reach.
 - **Variants**: the Enhancer as `gan-enhance enhance` runs it on the device (tile plan from free memory on CUDA,
   256 on the CPU) in fp32 and in the device's automatic precision (bf16 on CUDA), with torch.compile on CUDA.
-- **Precision cost**: with trained models (`--models`) and a photo folder (`--images`, Set14 by default), PSNR on
-  Y (border of `scale` cropped) of the automatic precision's output against fp32's, each against the targets.
+- **Precision cost**: with trained models (`--models`) and a photo folder (`--images`: Set14, else the default
+  run's test photos), PSNR on Y (border of `scale` cropped) of the automatic precision's output against fp32's,
+  each against the targets.
 
     .venv/bin/python -m benchmarks.roofline                      # CUDA when there is one, else the CPU
     .venv/bin/python -m benchmarks.roofline --device cpu --side 64 --out /tmp/x   # the logic at toy sizes
@@ -59,7 +60,7 @@ RRDB_X4 = ModelCard(  # RealESRGAN_x4plus's layout (benchmarks/published.py impo
     scale=4,
     task_params={"name": "sr", "scale": 4},
 )
-DEFAULT_IMAGES = REPO.parent / "shared" / "datasets" / "Set14"
+IMAGE_FOLDERS = (REPO.parent / "shared" / "datasets" / "Set14", REPO / "data" / "prepared" / "test")
 
 
 @dataclass
@@ -267,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matmul", type=int, default=None, help="matrix side for the peak (8192 CUDA, 1024 CPU)")
     parser.add_argument("--conv-side", type=int, default=None, help="feature map side for the conv peak (256/64)")
     parser.add_argument("--models", type=Path, nargs="*", default=[REPO / "models" / "generator"])
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="photos for the precision cost")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=next((f for f in IMAGE_FOLDERS if f.is_dir()), IMAGE_FOLDERS[0]),
+        help="photos for the precision cost (Set14, else the default run's test split)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=RESULTS / "work" / "roofline")
     args = parser.parse_args(argv)
