@@ -51,6 +51,13 @@ test-fast: install lint  ## the development loop: lint and every test not marked
 # OpenBLAS. A tolerance tuned to one CPU's last bits fails here (README, "Testing on other CPUs").
 CPU_PATH ?= ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
 	OPENBLAS_CORETYPE=Haswell
+.PHONY: gpu-wheels
+gpu-wheels: install  ## wheels a lent GPU machine's python3 (3.12, CUDA torch) lacks, into .gpu-wheels/ (benchmarks/gpu_session.sh)
+	$(VENV)/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+		--platform manylinux_2_17_x86_64 -d .gpu-wheels pydantic==$$($(VENV)/bin/python -c "import pydantic; print(pydantic.VERSION)") \
+		pydantic_core==$$($(VENV)/bin/python -c "import pydantic_core; print(pydantic_core.__version__)") \
+		annotated-types typing-inspection typing_extensions
+
 .PHONY: test-cpu-path
 test-cpu-path: install  ## the numerical tests (marker `numeric`, not slow) again on CPU_PATH's kernels (AVX2)
 	env $(CPU_PATH) $(BIN)/pytest -m "numeric and not slow" -q
