@@ -129,3 +129,22 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(
     assert enhancer.run.note == "eager (torch.compile failed: RuntimeError)"
     assert "torch.compile failed (RuntimeError: Compiler: cc is not found)" in caplog.text
     assert torch.equal(enhancer.enhance_tensor(x), out)  # and stays eager
+
+
+def test_on_cuda_the_plan_comes_from_free_memory_and_counts_every_image_of_the_batch(monkeypatch: pytest.MonkeyPatch):
+    from gan_enhance.inference import image
+
+    card = _card()
+    enhancer = Enhancer(_net(card), card)
+    enhancer.device = torch.device("cuda")  # the plan's inputs are faked below; no tensor goes to a GPU
+    probes: list[tuple[int, ...]] = []
+    monkeypatch.setattr(image, "free_memory", lambda device: 2e9)
+    monkeypatch.setattr(image, "memory_per_pixel", lambda forward, probe: probes.append(tuple(probe.shape)) or 1000)
+    monkeypatch.setattr(torch, "zeros", lambda *shape, device=None: torch.empty(*shape))  # the probe stays on the CPU
+    assert enhancer.tile_plan(1000, 1000) == TilePlan(0, 1)  # 1e9 bytes: one million pixels fit
+    assert enhancer.tile_plan(1000, 1000, images=2) == plan_tiles(1000, 1000, 16, 2000, 2e9) == TilePlan(640, 1)
+    assert probes == [(1, 3, 128, 128)]  # measured once, then kept
+    enhancer.tile = 256
+    assert enhancer.tile_plan(4096, 4096) == TilePlan(256, 12)  # a given tile: 1e9 // (288^2 x 1000) padded tiles
+    enhancer.tiles_per_pass = 3
+    assert enhancer.tile_plan(4096, 4096) == TilePlan(256, 3)  # the caller's choice wins

@@ -37,22 +37,24 @@ class ImageEnhancer(Enhancer):
             raise ValueError(f"expected N x {self.card.in_channels} x H x W, got {tuple(x.shape)}")
         x = x.to(self.device, torch.float32)
         height, width = x.shape[-2:]
-        plan = self.tile_plan(height, width)
+        plan = self.tile_plan(height, width, images=x.shape[0])
         if not plan.tile or (height <= plan.tile and width <= plan.tile):
             out = self.forward(x).cpu()
         else:
             out = self._tiled(x, plan)
         return self._finish(x, out)
 
-    def tile_plan(self, height: int, width: int) -> TilePlan:
-        """How an input of this size is cut: on the CPU the given tile (None: 256), one per pass; on CUDA from the
-        free memory and the network's measured memory per pixel (accel.plan_tiles)."""
+    def tile_plan(self, height: int, width: int, images: int = 1) -> TilePlan:
+        """How a batch of `images` inputs of this size is cut: on the CPU the given tile (None: 256), one per pass;
+        on CUDA from the free memory and the network's measured memory per pixel (accel.plan_tiles), every image of
+        the batch counted."""
         if self.device.type != "cuda":
             return TilePlan(CPU_TILE if self.tile is None else self.tile, self.tiles_per_pass or 1)
         if self._bytes_per_pixel is None:
             probe = torch.zeros(1, self.card.in_channels, PROBE_SIDE, PROBE_SIDE, device=self.device)
             self._bytes_per_pixel = memory_per_pixel(self.forward, probe)
-        plan = plan_tiles(height, width, self.tile_pad, self._bytes_per_pixel, free_memory(self.device), self.tile)
+        per_pixel = self._bytes_per_pixel * images
+        plan = plan_tiles(height, width, self.tile_pad, per_pixel, free_memory(self.device), self.tile)
         return TilePlan(plan.tile, self.tiles_per_pass or plan.per_pass)
 
     def _finish(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
