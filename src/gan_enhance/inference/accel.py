@@ -8,16 +8,14 @@ memory, else the largest tile that does, and as many tiles per pass as fit.
 
 from __future__ import annotations
 
-import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
@@ -94,7 +92,7 @@ def memory_per_pixel(forward: Callable[[torch.Tensor], torch.Tensor], example: t
 
 class CompiledOrEager:
     """The network behind torch.compile when asked and available; the first call that fails to compile (no
-    compiler, no Triton, an unsupported op) logs why and falls back to the eager network for good."""
+    compiler, no Triton, an unsupported op) warns why and falls back to the eager network for good."""
 
     def __init__(self, net: nn.Module, compile_net: bool) -> None:
         self.net = net
@@ -106,7 +104,7 @@ class CompiledOrEager:
                 self.note = "compiled"
             else:
                 self.note = "eager (this torch has no torch.compile)"
-                log.warning("torch.compile is unavailable in this torch; running the network eagerly")
+                warnings.warn("torch.compile is unavailable in this torch; running the network eagerly", stacklevel=3)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled is None:
@@ -116,5 +114,7 @@ class CompiledOrEager:
         except Exception as exc:  # compile errors surface on the first call, as any of several exception types
             self.compiled = None
             self.note = f"eager (torch.compile failed: {type(exc).__name__})"
-            log.warning("torch.compile failed (%s: %s); running the network eagerly", type(exc).__name__, exc)
+            warnings.warn(
+                f"torch.compile failed ({type(exc).__name__}: {exc}); running the network eagerly", stacklevel=2
+            )
             return self.net(x)
