@@ -43,6 +43,7 @@ from benchmarks.gpu import _enhance_call, gpu_line
 from gan_enhance.device import disable_telemetry, pick_device
 from gan_enhance.evaluation.metrics import psnr_ssim
 from gan_enhance.evaluation.testsets import load_test_folder
+from gan_enhance.inference.accel import dtype_name
 from gan_enhance.inference.base import Enhancer
 from gan_enhance.models.artifact import ModelCard
 from gan_enhance.tasks import build_task, task_from_card
@@ -162,7 +163,7 @@ def precision_cost(model: Path, images: Path, device: torch.device) -> Precision
         images=len(scores["fp32"]),
         psnr_fp32=statistics.fmean(scores["fp32"]),
         psnr_auto=statistics.fmean(scores["auto"]),
-        auto_dtype=str(auto.dtype).removeprefix("torch."),
+        auto_dtype=dtype_name(auto.dtype),
     )
 
 
@@ -192,7 +193,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             _, megapixels, call = _enhance_call(enhancer, args.side)
             seconds = _timed(call, device, args.repeats)
             plan = enhancer.tile_plan(args.side, args.side)
-            dtype = str(enhancer.dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
+            dtype = dtype_name(enhancer.dtype)
             tflops = flops[label] * megapixels * 1e6 / seconds / 1e12
             peak = conv.get((width(card), dtype))
             variants.append(

@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 
 from gan_enhance.device import disable_telemetry
 from gan_enhance.inference import Enhancer
+from gan_enhance.inference.accel import dtype_name
 from gan_enhance.serving.codec import (
     OutputFormat,
     check_batch,
@@ -107,7 +108,7 @@ class EnhanceService:
             "device": str(self.enhancer.device),
             "tile": tile,
             "tile_pad": tile_pad,
-            "precision": str(self.enhancer.dtype).removeprefix("torch."),
+            "precision": dtype_name(self.enhancer.dtype),
             "compile": self.enhancer.run.note,
             "max_pixels": SETTINGS.max_pixels,
             "max_upload_mb": SETTINGS.max_upload_mb,

@@ -299,7 +299,6 @@ def enhance(
     from tqdm import tqdm
 
     from gan_enhance.data.image_io import SUPPORTED_SUFFIXES, ImageError, open_image
-    from gan_enhance.inference.accel import PRECISIONS
 
     disable_telemetry()
     found: list[tuple[Path, Path]] = []  # (input, where its output goes, relative to --output)
@@ -317,9 +316,7 @@ def enhance(
         typer.echo(note)
     if not files:
         _fail("no images found in the given inputs (PNG, JPEG, WebP, TIFF, BMP)")
-    if precision not in PRECISIONS:
-        _fail(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    try:
+    try:  # a bad --precision (or fp16 on the CPU) is a ValueError naming the choices
         enhancer = _load_model(
             model, tracking_uri, device, tile=tile, tile_pad=tile_pad, precision=precision, compile_net=compile_net
         )

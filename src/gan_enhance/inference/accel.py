@@ -12,13 +12,13 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_TILE = 256  # the CPU default: activations stay in the caches' reach, memory bounded on small machines
 TILE_STEP = 64  # automatic tile sides are multiples of this (convolution kernels prefer round sizes)
@@ -39,6 +39,11 @@ def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 has no fast CPU kernels; use precision fp32 (or bf16) on the CPU")
     return DTYPES[precision]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The precision's name for a compute dtype (fp32, bf16, fp16), as the settings spell it."""
+    return next(name for name, known in DTYPES.items() if known == dtype)
 
 
 @dataclass(frozen=True)
